@@ -29,11 +29,11 @@ def build(bcast_rooms: list[str], interval: float) -> tuple[web.Application, soc
     app = web.Application()
     sio.attach(app)
 
-    @sio.event
+    @sio.event  # type: ignore[untyped-decorator]
     async def echo(sid: str, payload: Any) -> Any:
         return payload
 
-    @sio.event
+    @sio.event  # type: ignore[untyped-decorator]
     async def join(sid: str, room: str) -> bool:
         await sio.enter_room(sid, room)
         return True

@@ -63,7 +63,7 @@ class NamedServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 (stdlib API)
+            def do_GET(self) -> None:
                 outer.requests.append({k.lower(): v for k, v in self.headers.items()})
                 body = outer.name.encode()
                 self.send_response(200)
@@ -201,6 +201,7 @@ def test_proc_terminate_escalates_to_sigkill_and_kills_the_group(tmp_path: Path)
         lambda: next((l for l in p.output().splitlines() if l.startswith("child ")), None),
         timeout=10, message=p.tail,
     )
+    assert line is not None
     child_pid = int(line.split()[1])
     start = time.monotonic()
     rc = p.terminate(timeout=0.5)
@@ -460,6 +461,8 @@ def test_netns_environment_is_announced() -> None:
 
 
 def _only_lo() -> bool:
-    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=10)
+    out = subprocess.run(
+        ["ip", "-o", "link"], capture_output=True, text=True, timeout=10, check=True
+    )
     names = [l.split(":")[1].strip() for l in out.stdout.splitlines()]
     return names == ["lo"]

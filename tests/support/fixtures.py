@@ -35,14 +35,14 @@ from .procs import ProcGroup
 from .services import Backend, Service, start_haproxy, start_nginx, start_redis
 
 __all__ = [
-    "procs",
-    "redis_server",
-    "haproxy_factory",
-    "nginx_factory",
     "HaproxyFactory",
     "NginxFactory",
-    "pytest_runtest_makereport",
+    "haproxy_factory",
+    "nginx_factory",
+    "procs",
     "pytest_configure",
+    "pytest_runtest_makereport",
+    "redis_server",
 ]
 
 #: how many log lines per process the failure report shows

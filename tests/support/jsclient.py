@@ -33,16 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .procs import Proc, ProcError, ProcGroup, wait_until
-from .services import REPO_ROOT, require_binary
+from .services import REPO_ROOT, MissingBinaryError, require_binary
 
 __all__ = [
     "CLIENT_JS",
     "JsClient",
     "JsClientSummary",
     "client_args",
+    "js_client_available",
     "run_js_client",
     "start_js_client",
-    "js_client_available",
 ]
 
 #: Path of the Node client script.
@@ -53,7 +53,7 @@ def js_client_available() -> bool:
     """True when ``node`` is installed and ``npm ci`` has installed socket.io-client."""
     try:
         require_binary("node")
-    except Exception:
+    except MissingBinaryError:
         return False
     return (REPO_ROOT / "node_modules" / "socket.io-client" / "package.json").exists()
 

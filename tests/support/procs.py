@@ -29,27 +29,28 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar, Union
 
 __all__ = [
-    "free_port",
-    "wait_until",
+    "Proc",
+    "ProcError",
+    "ProcGroup",
     "async_wait_until",
-    "wait_for_port",
-    "port_is_open",
+    "free_port",
     "listening_inodes",
+    "port_is_open",
     "proc_listens_on",
     "wait_for_listen",
-    "Proc",
-    "ProcGroup",
-    "ProcError",
+    "wait_for_port",
+    "wait_until",
 ]
 
 T = TypeVar("T")
@@ -95,7 +96,7 @@ def _render(message: Message) -> str:
     if callable(message):
         try:
             return str(message())
-        except Exception as exc:  # the message must never hide the timeout
+        except Exception as exc:  # noqa: BLE001 -- the message must never hide the timeout
             return f"<message callable raised {exc!r}>"
     return message
 
@@ -139,11 +140,11 @@ def wait_until(
 
 
 async def async_wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Any],
     timeout: float,
     interval: float = 0.02,
     message: Message = "condition was not met",
-) -> T:
+) -> Any:
     """Asynchronous :func:`wait_until` for use inside ``async def`` tests.
 
     *predicate* may be a plain function or return an awaitable (e.g. an
@@ -153,11 +154,11 @@ async def async_wait_until(
     if timeout < 0 or interval <= 0:
         raise ValueError("timeout must be >= 0 and interval > 0")
 
-    async def evaluate() -> T:
+    async def evaluate() -> Any:
         value = predicate()
         if inspect.isawaitable(value):
-            return await value  # type: ignore[no-any-return]
-        return value  # type: ignore[return-value]
+            return await value
+        return value
 
     deadline = time.monotonic() + timeout
     last = await evaluate()
@@ -360,8 +361,9 @@ class Proc:
         with self._lock:
             if self._popen is not None:
                 raise ProcError(f"{self.name} was already started")
-            out = open(self.stdout_path, "ab")
-            err = out if self.merge_stderr else open(self.log_path, "ab")
+            # handed to the child, closed here right after the fork
+            out = open(self.stdout_path, "ab")  # noqa: SIM115
+            err = out if self.merge_stderr else open(self.log_path, "ab")  # noqa: SIM115
             try:
                 self._popen = subprocess.Popen(
                     self.args,
@@ -630,7 +632,7 @@ class ProcGroup:
         for proc in reversed(self.procs):
             try:
                 proc.terminate(timeout=timeout)
-            except Exception as exc:  # keep stopping the others
+            except Exception as exc:  # noqa: BLE001 -- keep stopping the others
                 problems.append(f"{proc.name}: {exc}")
         return problems
 
@@ -680,5 +682,5 @@ def _kill_everything_at_exit() -> None:
     for proc in list(_registry):
         try:
             proc.terminate(timeout=2.0)
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 -- interpreter exit: report, go on
+            print(f"tests.support: could not stop {proc.name}: {exc}", file=sys.stderr)

@@ -48,14 +48,14 @@ __all__ = [
     "MissingBinaryError",
     "Service",
     "have_binary",
-    "require_binary",
+    "redis_ping",
     "render_deploy_config",
     "render_haproxy_config",
     "render_nginx_config",
-    "start_redis",
+    "require_binary",
     "start_haproxy",
     "start_nginx",
-    "redis_ping",
+    "start_redis",
 ]
 
 #: Repository root and the directory of the production example configs.
