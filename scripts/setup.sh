@@ -32,6 +32,10 @@ have nginx        || missing+=(nginx-light)
 have ip           || missing+=(iproute2)
 have unshare      || missing+=(util-linux)
 if ! have node || ! have npm; then missing+=(nodejs npm); fi
+# MESHADAPTER_SETUP_FORCE_APT=1: run the apt step anyway (to test this script)
+if [ "${MESHADAPTER_SETUP_FORCE_APT:-0}" = 1 ] && [ ${#missing[@]} -eq 0 ]; then
+    missing=(redis-server haproxy nginx-light iproute2)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "all present (redis-server haproxy nginx ip unshare node npm); skipping apt"
