@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import Any
 
 import socketio
@@ -66,9 +65,12 @@ def main() -> None:
     args = ap.parse_args()
     rooms = [r for r in args.bcast_rooms.split(",") if r]
     app, _ = build(rooms, args.bcast_interval)
-    # aiohttp handles SIGTERM/SIGINT (GracefulExit) itself
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True)
+    # aiohttp handles SIGTERM/SIGINT itself (graceful exit); held long-poll
+    # requests must not delay the exit for long
+    web.run_app(
+        app, host=args.host, port=args.port, print=None, handle_signals=True,
+        shutdown_timeout=1.0,
+    )
 
 
 if __name__ == "__main__":

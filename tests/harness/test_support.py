@@ -448,6 +448,28 @@ def test_js_client_through_haproxy_upgrades_and_reports_disconnects(
     assert s.connect_errors, s.describe()
 
 
+def test_js_client_reports_session_unknown_behind_round_robin_without_mesh(
+    procs: ProcGroup, haproxy_factory: HaproxyFactory
+) -> None:
+    """Baseline for sticky-free mode: two *independent* python-socketio
+    servers (no meshadapter) behind the round-robin balancer break
+    long-polling with HTTP 400 "Invalid session", and the client reports
+    exactly that failure class."""
+    ports = [_start_sio_app(procs, rooms="") for _ in range(2)]
+    lb = haproxy_factory([("127.0.0.1", p) for p in ports])
+    s = run_js_client(
+        lb.url, transports="polling", duration=2, emit_count=2, label="no-mesh",
+        log_dir=procs.log_dir,
+    )
+    statuses = s.http_statuses()
+    assert statuses.get(400, 0) >= 1, s.describe()
+    assert any(
+        "Invalid session" in str(e.get("context", {}).get("responseText"))
+        for e in s.connect_errors
+    ), s.connect_errors[:3]
+    assert s.disconnects or not s.connected
+
+
 def test_netns_environment_is_announced() -> None:
     """test.sh exports exactly one of the two markers."""
     in_ns = os.environ.get("MESHADAPTER_TEST_NETNS") == "1"

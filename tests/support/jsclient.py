@@ -116,6 +116,19 @@ class JsClientSummary:
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
 
+    def http_statuses(self) -> dict[int, int]:
+        """Count of HTTP status codes behind transport errors (connect errors
+        and disconnect details), e.g. ``{400: 12}`` for "Invalid session" /
+        "Session ID unknown" answers from a node that does not own the sid."""
+        counts: dict[int, int] = {}
+        records = [*self.connect_errors, *(d.get("details", {}) for d in self.disconnects)]
+        for rec in records:
+            ctx = rec.get("context") if isinstance(rec, dict) else None
+            status = ctx.get("status") if isinstance(ctx, dict) else None
+            if isinstance(status, int) and status > 0:
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
     def describe(self) -> str:
         """One compact line for assertion messages."""
         e, b = self.emits, self.bcast
