@@ -488,3 +488,32 @@ def _only_lo() -> bool:
     )
     names = [l.split(":")[1].strip() for l in out.stdout.splitlines()]
     return names == ["lo"]
+
+
+def test_multicast_loops_back() -> None:
+    """mDNS-style multicast (what zeroconf uses) is delivered on this host --
+    inside test.sh's namespace via the 224.0.0.0/4 route on lo."""
+    import socket
+    import struct
+
+    if os.environ.get("MESHADAPTER_TEST_NETNS") != "1":
+        pytest.skip("only inside test.sh's private namespace (multicast must not reach a LAN)")
+    group, port = "224.0.0.251", free_port()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rx.bind(("", port))
+        iface = "127.0.0.1"
+        mreq = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(iface))
+        rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        rx.settimeout(5)
+        tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface))
+        tx.sendto(b"hello-mdns", (group, port))
+        data, _ = rx.recvfrom(64)
+        assert data == b"hello-mdns"
+    finally:
+        rx.close()
+        tx.close()
