@@ -96,7 +96,10 @@ class MeshManagerBase:
         """Peers with an audience for an emit to ``room`` (None = everyone)."""
         m = self.node.membership
         if room is None:
-            return m.nodes_for(namespace, None)
+            # Everyone: one "*" frame to every peer. Routing by namespace
+            # presence would save nothing worth a window in which a client
+            # that just connected elsewhere misses the broadcast.
+            return m.alive_ids()
         rooms = room if isinstance(room, (list, tuple, set)) else [room]
         out = m.nodes_for(namespace, rooms)
         for r in rooms:
@@ -169,6 +172,10 @@ class MeshManagerBase:
                 del self._remote_callbacks[cb_id]
 
     # -- introspection -------------------------------------------------------
+    def local_rooms(self, namespace: str = "/") -> set[Any]:
+        """Named rooms with members on this node (sid rooms excluded)."""
+        return {r for r in self.node.local_rooms.rooms.get(namespace, set()) if r is not None}
+
     def metrics(self) -> dict[str, Any]:
         """Counters of this node: frames/bytes in and out per message type,
         decode errors by reason, sequence gaps, duplicates, peers."""

@@ -1,0 +1,113 @@
+"""The ``meshadapter`` command line (also ``python -m meshadapter``).
+
+Each sub-command is a function registered with :func:`command`; modules that
+need heavy imports import them inside the command, so ``meshadapter --help``
+stays fast.  Mesh options are the :class:`~meshadapter.config.MeshConfig`
+fields as flags (``--cluster``, ``--peers``, ...), each also readable from
+its ``MESHADAPTER_*`` variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from .config import add_cli_arguments, config_kwargs_from_args
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str, mesh_options: bool = True) -> Callable[[Command], Command]:
+    """Register a sub-command. The decorated function may set ``.configure``
+    (a function adding its own arguments) before or after decoration."""
+
+    def deco(fn: Command) -> Command:
+        def configure(p: argparse.ArgumentParser) -> None:
+            if mesh_options:
+                add_cli_arguments(p.add_argument_group("mesh options"))
+            extra = getattr(fn, "configure", None)
+            if extra is not None:
+                extra(p)
+
+        _COMMANDS[name] = (fn, configure, help)
+        return fn
+
+    return deco
+
+
+def mesh_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Config keyword arguments given on the command line (unset ones are None)."""
+    return config_kwargs_from_args(args)
+
+
+# -- status ------------------------------------------------------------------
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--wait", type=float, default=3.0,
+                   help="seconds to listen for peers before printing (default 3)")
+
+
+@command("status", "join the mesh briefly (write-only) and print its nodes")
+def status(args: argparse.Namespace) -> int:
+    from .manager import AsyncMeshManager
+
+    async def run() -> list[dict[str, Any]]:
+        async with AsyncMeshManager(write_only=True, **mesh_kwargs(args)) as mgr:
+            await asyncio.sleep(args.wait)  # listening window, not synchronisation
+            return [n for n in mgr.nodes() if not n["self"]]
+
+    nodes = asyncio.run(run())
+    if args.json:
+        print(json.dumps(nodes, indent=2, default=str))
+        return 0
+    if not nodes:
+        print("no peers found")
+        return 1
+    print(f"{'NODE':24} {'STATUS':8} {'ENDPOINT':28} {'CLIENTS':>7} {'ROOMS':>6} {'UPTIME':>8} {'LAG':>6}")
+    for n in nodes:
+        print(f"{n['node_id'][:24]:24} {n['status']:8} {n['endpoint'][:28]:28} {n['clients']:>7} "
+              f"{n['rooms']:>6} {n['uptime']:>8.0f} {n['lag']:>6.2f}")
+    return 0
+
+
+status.configure = _status_args  # type: ignore[attr-defined]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshadapter",
+        description="Broker-less ZeroMQ mesh for python-socketio servers.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_fn, configure, help_text) in sorted(_COMMANDS.items()):
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return _COMMANDS[args.command][0](args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError) as exc:
+        print(f"meshadapter {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""A Socket.IO server used by the integration tests: one mesh node per process.
+
+Run: ``python -m tests.apps.node_app --port 8001 [--server uvicorn|aiohttp]``
+with ``MESHADAPTER_*`` variables for the mesh.  Events it understands:
+
+* ``join`` / ``leave`` (room name): the caller enters/leaves the room.
+* ``echo`` (any): acked with the same data.
+* ``emit`` ({event, data, to?, room?, skip_sid?, namespace?}): the server emits.
+* ``call`` ({to, event, data, timeout?}): server-side ``sio.call`` to a sid that
+  may live on another node; acks with the client's answer.
+* ``enter`` / ``exit`` ({sid, room}): move another (maybe remote) sid.
+* ``kick`` ({sid}), ``close`` ({room}): remote disconnect / close a room.
+* ``whoami``: acks ``{sid, node}``.
+
+HTTP ``GET /_test/state`` returns the manager's metrics and node table and
+the local rooms, so tests can wait on real conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+from typing import Any
+
+import socketio
+
+import meshadapter
+
+NODE = os.environ.get("MESHADAPTER_NODE_ID", "node")
+logging.basicConfig(
+    level=os.environ.get("TEST_LOG_LEVEL", "INFO"),
+    format=f"%(asctime)s {NODE} %(name)s %(levelname)s %(message)s",
+)
+
+mgr = meshadapter.AsyncMeshManager()
+sio = socketio.AsyncServer(
+    async_mode=os.environ.get("TEST_ASYNC_MODE", "asgi"),
+    client_manager=mgr,
+    cors_allowed_origins="*",
+)
+
+
+def _state() -> dict[str, Any]:
+    local: dict[str, Any] = {}
+    for nsp, rooms in mgr.rooms.items():
+        local[nsp] = {str(r): sorted(m.keys()) for r, m in rooms.items() if r is not None}
+    return {
+        "node": mgr.node_id,
+        "tag": mgr.node.tag,
+        "metrics": mgr.metrics(),
+        "nodes": mgr.nodes(),
+        "rooms": local,
+        # Rooms this node would route to: its peers' announced rooms plus its own.
+        "routing": {
+            nsp: sorted(str(r) for r in mgr.node.membership.all_rooms(nsp)
+                        | {r for r in mgr.local_rooms(nsp)})
+            for nsp in ["/", "/chat"]
+        },
+        "clients": mgr._client_count(),
+    }
+
+
+@sio.event
+async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    await sio.save_session(sid, {"auth": auth, "node": mgr.node_id})
+
+
+@sio.event
+async def join(sid: str, room: str) -> str:
+    await sio.enter_room(sid, room)
+    return "ok"
+
+
+@sio.event
+async def leave(sid: str, room: str) -> str:
+    await sio.leave_room(sid, room)
+    return "ok"
+
+
+@sio.event
+async def echo(sid: str, data: Any) -> Any:
+    return data
+
+
+@sio.event
+async def whoami(sid: str) -> dict[str, str]:
+    return {"sid": sid, "node": mgr.node_id}
+
+
+@sio.event
+async def emit(sid: str, req: dict[str, Any]) -> str:
+    await sio.emit(
+        req["event"], req.get("data"), to=req.get("to"), room=req.get("room"),
+        skip_sid=req.get("skip_sid"), namespace=req.get("namespace", "/"),
+    )
+    return "ok"
+
+
+@sio.event
+async def call(sid: str, req: dict[str, Any]) -> Any:
+    try:
+        return {"ok": await sio.call(req["event"], req.get("data"), to=req["to"],
+                                     timeout=req.get("timeout", 5))}
+    except socketio.exceptions.TimeoutError:
+        return {"timeout": True}
+
+
+@sio.event
+async def enter(sid: str, req: dict[str, Any]) -> str:
+    await sio.enter_room(req["sid"], req["room"])
+    return "ok"
+
+
+@sio.event
+async def exit(sid: str, req: dict[str, Any]) -> str:
+    await sio.leave_room(req["sid"], req["room"])
+    return "ok"
+
+
+@sio.event
+async def kick(sid: str, req: dict[str, Any]) -> str:
+    await sio.disconnect(req["sid"])
+    return "ok"
+
+
+@sio.event
+async def close(sid: str, req: dict[str, Any]) -> str:
+    await sio.close_room(req["room"])
+    return "ok"
+
+
+@sio.on("*", namespace="/chat")
+async def chat_any(event: str, sid: str, data: Any = None) -> Any:
+    if event == "join":
+        await sio.enter_room(sid, data, namespace="/chat")
+    return "ok"
+
+
+@sio.on("connect", namespace="/chat")
+async def chat_connect(sid: str, environ: dict[str, Any]) -> None:
+    return None
+
+
+# -- HTTP ------------------------------------------------------------------
+async def asgi_other(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http" and scope["path"] == "/_test/state":
+        body = json.dumps(_state(), default=str).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"not found"})
+
+
+def make_asgi() -> Any:
+    return socketio.ASGIApp(sio, other_asgi_app=asgi_other,
+                            on_startup=mgr.start, on_shutdown=mgr.close)
+
+
+def run_aiohttp(port: int) -> None:
+    from aiohttp import web
+
+    app = web.Application()
+    sio.attach(app)
+
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response(_state(), dumps=lambda o: json.dumps(o, default=str))
+
+    async def on_startup(app: web.Application) -> None:
+        await mgr.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await mgr.close()
+
+    app.router.add_get("/_test/state", state)
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--server", choices=["uvicorn", "aiohttp"], default="uvicorn")
+    args = p.parse_args()
+    if args.server == "aiohttp":
+        run_aiohttp(args.port)
+        return
+    import uvicorn
+
+    uvicorn.run(make_asgi(), host="127.0.0.1", port=args.port, log_level="warning",
+                lifespan="on")
+
+
+if __name__ == "__main__":
+    main()
