@@ -134,6 +134,9 @@ def render_table(rows: Sequence[Row], status: Dict[str, str]) -> str:
             f"| {r.group} | {r.metric} | {r.unit} | {_fmt(r.redis)} | {_fmt(r.mesh)} | "
             f"{ratio} | {r.better} | {r.winner} |"
         )
+    for m, s in status.items():
+        if s.startswith("skipped"):
+            lines.append(f"| – | {LABEL.get(m, m)} | {s} | | | | | |")
     notes = [f"- {LABEL.get(m, m)}: {s}" for m, s in status.items()]
     return "\n".join(lines + [""] + notes)
 
