@@ -92,11 +92,15 @@ class MeshSockets:
                 if self._closed:
                     return
                 raise
-            for _ in range(_RECV_BATCH):
+            # Drain what is already queued without a future per frame, but
+            # fetch the next frame only when there is budget to handle it.
+            for budget in range(_RECV_BATCH - 1, -1, -1):
                 if len(parts) != 2:
                     on_bad("bad_parts")
                 else:
                     await handler(parts[0], parts[1])
+                if not budget:
+                    break
                 try:
                     parts = drain.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
