@@ -1,0 +1,84 @@
+"""Issue 2: mDNS discovery and the mesh between hosts (network namespaces).
+
+Uses ../shared/netlab/netlab.sh to build three namespace "hosts" on a private
+bridge (10.78.0.0/24, no route anywhere else) and runs one mesh node per host,
+zeroconf bound to that host's address only.  Skips cleanly when the script,
+root or ``ip netns`` is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NETLAB = ROOT.parent / "shared" / "netlab" / "netlab.sh"
+PREFIX, SUBNET = "mxd", "10.78.0"
+ENV = {**os.environ, "NETLAB_PREFIX": PREFIX, "NETLAB_SUBNET": SUBNET, "NETLAB_QUIET": "1"}
+
+
+def _skip_reason() -> str | None:
+    if not NETLAB.exists():
+        return f"netlab script not found at {NETLAB}"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "iproute2 'ip' not installed"
+    probe = f"{PREFIX}-probe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create network namespaces: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+_reason = _skip_reason()
+pytestmark = [pytest.mark.netlab, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
+
+
+def netlab(*args: str) -> None:
+    subprocess.run(["bash", str(NETLAB), *args], env=ENV, capture_output=True, text=True,
+                   check=True, timeout=60)
+
+
+@pytest.fixture
+def lab3():  # type: ignore[no-untyped-def]
+    netlab("down")
+    netlab("up", "3")
+    try:
+        yield
+    finally:
+        netlab("down")
+
+
+def test_three_hosts_form_a_mesh_by_mdns(lab3):  # type: ignore[no-untyped-def]
+    cluster = f"netlab-{os.getpid()}"
+    procs = []
+    for i in (1, 2, 3):
+        env = {**ENV, "MESHADAPTER_CLUSTER": cluster, "MESHADAPTER_DISCOVERY": "mdns",
+               "MESHADAPTER_HOST": f"{SUBNET}.{i}", "MESHADAPTER_PORT": "0",
+               "MESHADAPTER_HEARTBEAT_INTERVAL": "0.5", "MESHADAPTER_HEARTBEAT_TIMEOUT": "2",
+               "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen(
+            ["bash", str(NETLAB), "exec", f"h{i}", sys.executable, "-m", "tests.apps.mesh_probe",
+             f"h{i}", "2", "25"],
+            env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    results = {}
+    for i, p in enumerate(procs, 1):
+        out, _ = p.communicate(timeout=60)
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        assert lines, out
+        results[f"h{i}"] = json.loads(lines[-1][len("RESULT "):])
+        assert p.returncode == 0, out
+    for name, r in results.items():
+        others = {"h1", "h2", "h3"} - {name}
+        assert set(r["peers"]) == others, r
+        assert set(r["received"]) == others, r
+        assert r["endpoint"].startswith(f"tcp://{SUBNET}."), r
+    print({k: v["meshed_s"] for k, v in results.items()})
