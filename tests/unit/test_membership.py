@@ -116,3 +116,19 @@ def test_tags():
     sid = tagged_id(tag, "AbC-_123")
     assert tag_of(sid) == tag
     assert tag_of("plainsid") is None and tag_of(None) is None and tag_of(42) is None
+
+
+def test_rate_limited_log_passes_exc_info_and_suppresses(caplog):  # type: ignore[no-untyped-def]
+    import logging
+
+    from meshadapter.metrics import RateLimitedLog
+
+    log = RateLimitedLog(logging.getLogger("t"), interval=60)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        with caplog.at_level(logging.ERROR, "t"):
+            log.log(logging.ERROR, "k", "first %s", 1, exc_info=True)
+            log.log(logging.ERROR, "k", "second")
+    assert [r.getMessage() for r in caplog.records] == ["first 1"]
+    assert caplog.records[0].exc_info is not None
