@@ -134,3 +134,25 @@ async def test_garbage_on_the_mesh_socket_is_counted_and_harmless():
         ctx.term()
         await a.close()
         await b.close()
+
+
+async def test_a_failing_handler_is_counted_and_the_node_keeps_receiving():
+    a, b = make_nodes(2)
+    got: list[str] = []
+
+    async def flaky(msg):  # type: ignore[no-untyped-def]
+        if msg["pkt"][0] == "bad":
+            raise RuntimeError("application bug")
+        got.append(msg["pkt"][0])
+
+    b.on(MsgType.BROADCAST, flaky)
+    try:
+        await meshed([a, b])
+        for p in ("bad", "1", "bad", "2"):
+            a.send(MsgType.BROADCAST, {"nsp": "/", "rooms": None, "skip": [], "pkt": [p]})
+        await async_wait_until(lambda: got == ["1", "2"], 10)
+        assert b.metrics.handler_errors == 2
+        assert b.membership.alive_ids() == {"u0"}
+    finally:
+        await a.close()
+        await b.close()
