@@ -183,7 +183,17 @@ SCHEMAS: dict[MsgType, dict[str, tuple[Check, bool]]] = {
     },
 }
 
-_ENVELOPE = ("v", "t", "src", "inc", "seq")
+_ENVELOPE = frozenset(("v", "t", "src", "inc", "seq"))
+_TYPES = {int(t): t for t in MsgType}
+#: Per type: (required fields, all known fields, [(field, check, required)]).
+_COMPILED = {
+    t: (
+        frozenset(k for k, (_, req) in schema.items() if req),
+        frozenset(schema) | _ENVELOPE,
+        [(k, check, req) for k, (check, req) in schema.items()],
+    )
+    for t, schema in SCHEMAS.items()
+}
 
 
 def encode(
@@ -208,23 +218,24 @@ def decode(payload: bytes, max_bytes: int) -> Message:
     v = obj.get("v")
     if v != PROTOCOL_VERSION:
         raise DecodeError("version", f"unsupported protocol version {v!r}")
-    try:
-        mtype = MsgType(obj.get("t"))
-    except (ValueError, TypeError):
-        raise DecodeError("unknown_type", repr(obj.get("t"))[:32]) from None
+    t = obj.get("t")
+    mtype = _TYPES.get(t) if type(t) is int else None
+    if mtype is None:
+        raise DecodeError("unknown_type", repr(t)[:32])
     src, inc, seq = obj.get("src"), obj.get("inc"), obj.get("seq")
     if not (_id(src) and src and _id(inc) and _int(seq) and seq >= 0):
         raise DecodeError("bad_envelope", "src/inc/seq")
-    schema = SCHEMAS[mtype]
-    body = {k: x for k, x in obj.items() if k not in _ENVELOPE}
-    for key in body:
-        if key not in schema:
-            raise DecodeError("bad_field", f"{mtype.name}.{key} unexpected"[:80])
-    for key, (check, required) in schema.items():
-        if key not in body:
-            if required:
+    required, known, checks = _COMPILED[mtype]
+    if not known.issuperset(obj):
+        extra = next(k for k in obj if k not in known)
+        raise DecodeError("bad_field", f"{mtype.name}.{extra!r} unexpected"[:80])
+    for key, check, req in checks:
+        if key not in obj:
+            if req:
                 raise DecodeError("bad_field", f"{mtype.name}.{key} missing")
             continue
-        if not check(body[key]):
+        if not check(obj[key]):
             raise DecodeError("bad_field", f"{mtype.name}.{key} invalid")
-    return Message(mtype, src, inc, seq, body)
+    for key in _ENVELOPE:
+        del obj[key]
+    return Message(mtype, src, inc, seq, obj)

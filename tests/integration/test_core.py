@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from meshadapter import MeshConfig
+
 from tests.integration.cluster import Cluster, Node
 from tests.support.procs import wait_until
 
@@ -160,7 +162,13 @@ def test_write_only_emitter_process(cluster, clients):
     assert c3.got("job-done") == []
 
 
-def test_kill9_detection_removes_rooms(cluster, clients):
+def test_kill9_detection_removes_rooms(procs, clients):
+    # Default timing: the "dead within 3 s of kill -9" claim holds for the defaults.
+    defaults = MeshConfig()
+    cluster = Cluster(procs, 3, env={
+        "MESHADAPTER_HEARTBEAT_INTERVAL": str(defaults.heartbeat_interval),
+        "MESHADAPTER_HEARTBEAT_TIMEOUT": str(defaults.heartbeat_timeout)}).start()
+    cluster.wait_meshed()
     n1, n2, n3 = cluster.nodes
     c3 = clients.connect(n3)
     c3.call("join", "doomed")
