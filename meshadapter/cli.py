@@ -78,6 +78,27 @@ def status(args: argparse.Namespace) -> int:
 status.configure = _status_args  # type: ignore[attr-defined]
 
 
+# -- keygen ------------------------------------------------------------------
+def _keygen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="directory for NAME.key (public) and NAME.key_secret (0600)")
+    p.add_argument("--name", default="mesh", help="file name stem (default: mesh)")
+
+
+@command("keygen", "write a CurveZMQ keypair for the mesh (use with --key-file)", mesh_options=False)
+def keygen(args: argparse.Namespace) -> int:
+    from .security import keygen as make_keys, load_key_file
+
+    public_path, secret_path = make_keys(args.directory, args.name)
+    pub = load_key_file(public_path).public.decode()
+    print(f"public key:  {public_path}  ({pub})")
+    print(f"secret key:  {secret_path}  (mode 0600: copy it to every node, keep it private)")
+    print(f"use: MESHADAPTER_KEY_FILE={secret_path}  (or key_file=...)")
+    return 0
+
+
+keygen.configure = _keygen_args  # type: ignore[attr-defined]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshadapter",

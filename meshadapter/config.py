@@ -71,6 +71,23 @@ class MeshConfig:
     forget_after: float = 300.0
     #: Serve polling/websocket requests for sessions owned by other nodes.
     sticky_free: bool = False
+    #: Cluster secret: authenticates and encrypts the mesh with CurveZMQ (every
+    #: node derives the same keypair from it). Comma-separated for key rotation:
+    #: the first is used, all are accepted. Empty = plaintext (warned once).
+    secret: str = dataclasses.field(default="", repr=False)
+    #: CurveZMQ key files from ``meshadapter keygen DIR`` (``DIR`` or
+    #: ``DIR/mesh.key_secret``); comma-separated: the first secret key is this
+    #: node's, every listed key (public ones too) is trusted.
+    key_file: str = ""
+    #: Most peers tracked at once; heartbeats from further unknown nodes are
+    #: dropped and counted (bounds memory under a flood of forged identities).
+    max_peers: int = 1024
+    #: Most peer requests answered concurrently; further ones get a "busy" error.
+    max_pending_requests: int = 1000
+    #: Serve Prometheus metrics on this port (needs ``prometheus-client``); 0 = off.
+    metrics_port: int = 0
+    #: Address of the Prometheus endpoint.
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def fields(cls) -> list[dataclasses.Field[Any]]:
@@ -137,6 +154,10 @@ class MeshConfig:
             raise ValueError("max_frame_bytes must be at least 1024")
         if not self.cluster or len(self.cluster) > 64:
             raise ValueError("cluster must be 1..64 characters")
+        if self.max_peers < 1 or self.max_pending_requests < 1:
+            raise ValueError("max_peers and max_pending_requests must be at least 1")
+        if not 0 <= int(self.metrics_port) <= 65535:
+            raise ValueError(f"metrics_port={self.metrics_port} is outside 0..65535")
         if not self.node_id:
             self.node_id = f"{socket.gethostname()[:24]}-{uuid.uuid4().hex[:6]}"
         if len(self.node_id) > 64:

@@ -11,10 +11,11 @@ from typing import Any, Callable
 from socketio import AsyncManager
 
 from .base import LOCAL, MeshManagerBase, iter_skip
+from .cluster import AsyncClusterMixin
 from .codec import Message, MsgType
 
 
-class AsyncMeshManager(MeshManagerBase, AsyncManager):  # type: ignore[misc]
+class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # type: ignore[misc]
     """Client manager linking several ``socketio.AsyncServer`` processes
     through a broker-less ZeroMQ mesh.
 
@@ -55,6 +56,7 @@ class AsyncMeshManager(MeshManagerBase, AsyncManager):  # type: ignore[misc]
         self.node.on(MsgType.BROADCAST, self._on_broadcast)
         self.node.on(MsgType.ACK, self._on_ack)
         self.node.on(MsgType.ROOM_OP, self._on_room_op)
+        self._cluster_init()  # cluster API: fetch_sockets, server_side_emit, ... (cluster.py)
 
     # -- lifetime --------------------------------------------------------------
     def set_server(self, server: Any) -> None:
@@ -122,6 +124,8 @@ class AsyncMeshManager(MeshManagerBase, AsyncManager):  # type: ignore[misc]
                 self, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
             )
         await self._ready()
+        if event == "all_sockets":  # Admin UI: list every node's sockets (cluster.py)
+            data = await self._cl_admin_all_sockets(data, namespace, self._cl_timeout(None))
         if callback is not None:
             return await self._emit_with_callback(event, data, namespace, room, callback)
         parts = self._encode(event, data, namespace)
@@ -220,6 +224,8 @@ class AsyncMeshManager(MeshManagerBase, AsyncManager):  # type: ignore[misc]
         )
 
     async def _on_ack(self, msg: Message) -> None:
+        if msg.get("sid") is not None:
+            return self._cl_on_sid_ack(msg)  # one client's ack of emit_with_ack
         entry = self._remote_callbacks.pop(msg["req"], None)
         if entry is None or entry[1] != msg.src:
             self.node.metrics.counters["unknown_acks"] += 1

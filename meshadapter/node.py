@@ -19,8 +19,9 @@ from .codec import MsgType, TOPIC_ALL, DecodeError, Message, node_topic
 from .config import MeshConfig
 from .discovery import Discovery, is_wildcard, make_discovery, primary_ipv4
 from .membership import Event, LocalRooms, Membership, Room, SeqTracker, new_tag
-from .mesh import MeshSockets
+from .mesh import MeshSockets, valid_endpoint
 from .metrics import Metrics, RateLimitedLog
+from .security import MeshSecurity, warn_plaintext
 from .tracking import Pending, RequestTracker
 
 logger = logging.getLogger("meshadapter")
@@ -54,6 +55,8 @@ class MeshNode:
         self.log = logger_ or logger
         self.metrics = Metrics()
         self.bad_log = RateLimitedLog(self.log)
+        self.security = MeshSecurity.from_options(config.secret, config.key_file)
+        self._metrics_server: Any = None
         self.membership = Membership(
             self.node_id, config.heartbeat_timeout, sync_retry=config.heartbeat_interval
         )
@@ -85,12 +88,24 @@ class MeshNode:
         self._started = True
         self.loop = asyncio.get_running_loop()
         cfg = self.config
-        self.sockets = MeshSockets(self.node_id, cfg.host, cfg.port, cfg.hwm, cfg.max_frame_bytes)
+        self.sockets = MeshSockets(self.node_id, cfg.host, cfg.port, cfg.hwm, cfg.max_frame_bytes,
+                                   security=self.security, counters=self.metrics.counters)
         adv = cfg.advertise_host or (primary_ipv4() if is_wildcard(cfg.host) else cfg.host)
         self.endpoint = f"tcp://{adv}:{self.sockets.port}"
         self.started_at = time.monotonic()
+        if self.security.enabled:
+            assert self.security.own is not None
+            self.log.info("meshadapter: mesh secured with CurveZMQ (public key %s..., %d trusted)",
+                          self.security.own.public[:8].decode(), len(self.security.trusted))
+        else:
+            warn_plaintext(self.log, self.endpoint)
+        if cfg.metrics_port:
+            from .metrics import start_prometheus_server
+
+            self._metrics_server = start_prometheus_server(self, cfg.metrics_host, cfg.metrics_port)
         self._tasks = [
             self.loop.create_task(self.sockets.run(self._on_frame, self._on_bad_parts)),
+            self.loop.create_task(self.sockets.run_events()),
             self.loop.create_task(self._heartbeat_loop()),
         ]
         self.discovery = make_discovery(cfg, self.node_id, self.inc, self.endpoint)
@@ -120,6 +135,9 @@ class MeshNode:
                 fut.cancel()
         if self.sockets is not None:
             self.sockets.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.log.info("meshadapter node %s left the mesh", self.node_id)
 
     @property
@@ -191,11 +209,16 @@ class MeshNode:
         fut: asyncio.Future[Pending] = loop.create_future()
         self._futures[pending.id] = fut
         body = {"id": pending.id, "op": op, "args": dict(args)}
+        t0 = time.perf_counter()
+        self.metrics.counters["requests_out"] += 1
         try:
             for node in nodes:
                 self.send(MsgType.REQUEST, body, to=node)
-            return await asyncio.wait_for(asyncio.shield(fut), timeout + 0.5)
+            result = await asyncio.wait_for(asyncio.shield(fut), timeout + 0.5)
+            self.metrics.observe("request_seconds", time.perf_counter() - t0)
+            return result
         except asyncio.TimeoutError:
+            self.metrics.counters["request_timeouts"] += 1
             self.requests.open.pop(pending.id, None)
             raise MeshTimeoutError(
                 f"{op}: no answer from {sorted(pending.missing)}", pending.missing, pending.responses
@@ -234,6 +257,11 @@ class MeshNode:
         """A candidate from discovery (or a peer's heartbeat): connect to it."""
         if endpoint == self.endpoint or self.sockets is None or not self.running:
             return
+        if not valid_endpoint(endpoint):
+            self.metrics.counters["bad_candidates"] += 1
+            self.bad_log.log(logging.WARNING, "bad_candidate",
+                             "ignoring candidate endpoint %r", endpoint[:100])
+            return
         if self.sockets.connect(endpoint):
             self.log.debug("connecting to candidate %s", endpoint)
             # ZeroMQ drops what is published before the subscription arrives
@@ -270,6 +298,8 @@ class MeshNode:
             self._complete(self.requests.expire(now))
             self._forget_old(now)
             self.metrics.gauges["peers"] = len(self.membership.alive_ids())
+            if self.sockets is not None:
+                self.metrics.gauges["connections_out"] = len(self.sockets.ready_out)
             await asyncio.sleep(tick)
 
     def _forget_old(self, now: float) -> None:
@@ -329,6 +359,21 @@ class MeshNode:
         if topic != TOPIC_ALL and topic != node_topic(self.node_id):
             self._on_bad_parts("bad_topic")
             return
+        if msg.src not in self.membership.peers:
+            # Only a heartbeat introduces a node; anything else from a
+            # stranger is dropped (keeps per-sender state bounded).
+            if msg.type is not MsgType.HEARTBEAT:
+                self.metrics.counters["unknown_sender"] += 1
+                return
+            if len(self.membership.peers) >= self.config.max_peers:
+                self.metrics.counters["peers_rejected"] += 1
+                self.bad_log.log(logging.WARNING, "max_peers",
+                                 "ignoring node %s: max_peers=%d reached",
+                                 msg.src, self.config.max_peers)
+                return
+            if not valid_endpoint(msg.body["ep"]):
+                self._on_bad_parts("bad_endpoint")
+                return
         gap = self._seq.check(msg.src, msg.inc, topic, msg.seq)
         if gap < 0:
             self.metrics.duplicates += 1
@@ -339,8 +384,10 @@ class MeshNode:
                              "lost %d frame(s) from %s (sequence gap)", gap, msg.src)
         now = time.monotonic()
         self.membership.touch(msg.src, msg.inc, now)
+        t0 = time.perf_counter()
         try:
             await self._dispatch(msg, now)
+            self.metrics.observe("handle_seconds", time.perf_counter() - t0)
         except DecodeError as exc:
             self.metrics.decode_errors[exc.reason] += 1
             self.bad_log.log(logging.WARNING, exc.reason, "dropped %s from %s: %s", kind, msg.src, exc)
@@ -352,6 +399,8 @@ class MeshNode:
     async def _dispatch(self, msg: Message, now: float) -> None:
         t = msg.type
         if t is MsgType.HEARTBEAT:
+            if not valid_endpoint(msg["ep"]):
+                raise DecodeError("bad_endpoint", repr(msg["ep"])[:80])
             self._handle_events(self.membership.on_heartbeat(msg.src, msg.inc, msg.body, now))
         elif t is MsgType.ROOMS:
             self._validate_room_counts(msg)
@@ -361,6 +410,12 @@ class MeshNode:
         elif t is MsgType.BYE:
             self._handle_events(self.membership.on_bye(msg.src, msg.inc))
         elif t is MsgType.REQUEST:
+            self.metrics.counters["requests_in"] += 1
+            if len(self._request_tasks) >= self.config.max_pending_requests:
+                self.metrics.counters["requests_rejected"] += 1
+                self.send(MsgType.RESPONSE, {"id": msg["id"], "ok": False,
+                                             "err": "busy: too many pending requests"}, to=msg.src)
+                return
             task = asyncio.get_running_loop().create_task(self._answer(msg))
             self._request_tasks.add(task)
             task.add_done_callback(self._request_tasks.discard)
@@ -371,6 +426,10 @@ class MeshNode:
             if done is not None:
                 self._complete([done])
         else:
+            if t is MsgType.BROADCAST:
+                n = len(msg["rooms"] or ()) + len(msg["skip"])
+                if n > self.config.max_rooms_per_frame:
+                    raise DecodeError("too_many_rooms", f"{n} > {self.config.max_rooms_per_frame}")
             handler = self._handlers.get(t)
             if handler is None:
                 self.metrics.counters["unhandled"] += 1

@@ -19,10 +19,11 @@ from typing import Any, Callable
 from socketio import Manager
 
 from .base import LOCAL, MeshManagerBase, iter_skip
+from .cluster import ClusterMixin
 from .codec import Message, MsgType
 
 
-class MeshManager(MeshManagerBase, Manager):  # type: ignore[misc]
+class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
     """Client manager linking several ``socketio.Server`` processes (threading
     mode) through the mesh. Same options as :class:`AsyncMeshManager`.
 
@@ -50,6 +51,7 @@ class MeshManager(MeshManagerBase, Manager):  # type: ignore[misc]
         self.node.on(MsgType.BROADCAST, self._on_broadcast)
         self.node.on(MsgType.ACK, self._on_ack)
         self.node.on(MsgType.ROOM_OP, self._on_room_op)
+        self._cluster_init()  # cluster API: fetch_sockets, server_side_emit, ... (cluster.py)
         if write_only:
             self.start()
 
@@ -109,6 +111,8 @@ class MeshManager(MeshManagerBase, Manager):  # type: ignore[misc]
             return Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
                                 callback=callback)
         self.start()
+        if event == "all_sockets":  # Admin UI: list every node's sockets (cluster.py)
+            data = self._cl_admin_all_sockets_sync(data, namespace)
         if callback is not None:
             if room is None or isinstance(room, (list, tuple, set)):
                 raise ValueError("Cannot use callback without a room set to a single client sid.")
@@ -198,6 +202,8 @@ class MeshManager(MeshManagerBase, Manager):  # type: ignore[misc]
                       ack=(msg.src, ack) if ack is not None else None)
 
     async def _on_ack(self, msg: Message) -> None:
+        if msg.get("sid") is not None:
+            return self._cl_on_sid_ack(msg)  # one client's ack of emit_with_ack
         entry = self._remote_callbacks.pop(msg["req"], None)
         if entry is None or entry[1] != msg.src:
             self.node.metrics.counters["unknown_acks"] += 1
