@@ -29,6 +29,8 @@ logger = logging.getLogger("meshadapter")
 MessageHandler = Callable[[Message], Awaitable[None]]
 RequestHandler = Callable[[Message], Awaitable[Any]]
 PeerListener = Callable[[str, str], None]  # (event kind, node id)
+#: Larger sequence jumps are counted as ``seq_jumps``, not as lost frames.
+_MAX_PLAUSIBLE_GAP = 10_000_000
 
 
 class MeshTimeoutError(TimeoutError):
@@ -88,10 +90,19 @@ class MeshNode:
         self._started = True
         self.loop = asyncio.get_running_loop()
         cfg = self.config
-        self.sockets = MeshSockets(self.node_id, cfg.host, cfg.port, cfg.hwm, cfg.max_frame_bytes,
-                                   security=self.security, counters=self.metrics.counters)
-        adv = cfg.advertise_host or (primary_ipv4() if is_wildcard(cfg.host) else cfg.host)
-        self.endpoint = f"tcp://{adv}:{self.sockets.port}"
+        if cfg.sidecar:
+            # All links go through this host's sidecar, which advertises for us.
+            from .sidecar import SidecarLink
+
+            link = SidecarLink(self.node_id, cfg.sidecar, cfg.hwm, cfg.max_frame_bytes)
+            self.sockets = link  # type: ignore[assignment]
+            self.endpoint = await link.advertised_endpoint()
+        else:
+            self.sockets = MeshSockets(self.node_id, cfg.host, cfg.port, cfg.hwm,
+                                       cfg.max_frame_bytes, security=self.security,
+                                       counters=self.metrics.counters)
+            adv = cfg.advertise_host or (primary_ipv4() if is_wildcard(cfg.host) else cfg.host)
+            self.endpoint = f"tcp://{adv}:{self.sockets.port}"
         self.started_at = time.monotonic()
         if self.security.enabled:
             assert self.security.own is not None
@@ -108,7 +119,8 @@ class MeshNode:
             self.loop.create_task(self.sockets.run_events()),
             self.loop.create_task(self._heartbeat_loop()),
         ]
-        self.discovery = make_discovery(cfg, self.node_id, self.inc, self.endpoint)
+        if not cfg.sidecar:
+            self.discovery = make_discovery(cfg, self.node_id, self.inc, self.endpoint)
         if self.discovery is not None:
             await self.discovery.start(self.add_endpoint)
         self.log.info(
@@ -378,7 +390,11 @@ class MeshNode:
         if gap < 0:
             self.metrics.duplicates += 1
             return
-        if gap > 0:
+        if gap > _MAX_PLAUSIBLE_GAP:
+            # No queue holds this many frames: a forged or corrupt sequence
+            # number. Counted apart so it cannot inflate the loss counter.
+            self.metrics.counters["seq_jumps"] += 1
+        elif gap > 0:
             self.metrics.seq_gaps += gap
             self.bad_log.log(logging.WARNING, "gap:" + msg.src,
                              "lost %d frame(s) from %s (sequence gap)", gap, msg.src)
