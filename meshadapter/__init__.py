@@ -6,10 +6,13 @@ Public API::
     MeshManager        client manager for socketio.Server (threading mode)
     MeshConfig         every option, with MESHADAPTER_* environment variables
     MeshTimeoutError   a cluster request timed out (has .missing / .responses)
+    AsyncRemoteSocket, RemoteSocket, NodeResponses, BroadcastAckTimeout
+                       results of the cluster API (docs/cluster-api.md)
 """
 
 from __future__ import annotations
 
+from .cluster import AsyncRemoteSocket, BroadcastAckTimeout, NodeResponses, RemoteSocket
 from .config import MeshConfig
 from .manager import AsyncMeshManager
 from .node import MeshTimeoutError
@@ -17,4 +20,7 @@ from .sync_manager import MeshManager
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncMeshManager", "MeshConfig", "MeshManager", "MeshTimeoutError", "__version__"]
+__all__ = [
+    "AsyncMeshManager", "AsyncRemoteSocket", "BroadcastAckTimeout", "MeshConfig", "MeshManager",
+    "MeshTimeoutError", "NodeResponses", "RemoteSocket", "__version__",
+]
