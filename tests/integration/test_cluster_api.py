@@ -269,6 +269,28 @@ def test_emit_with_ack_timeout_returns_partial_results(cluster, clients):
         release.set()
 
 
+def test_emit_with_ack_does_not_wait_for_a_dead_nodes_clients(cluster, clients):
+    n1, n2, n3 = cluster.nodes
+    release = threading.Event()
+    try:
+        c1, c2 = connect(clients, n1, "a"), connect(clients, n2, "b")
+        c1.answers["q"] = lambda *a: "a"
+        c2.answers["q"] = lambda *a: "b"
+        mute = connect(clients, n3, "mute")
+        mute.answers["q"] = lambda *a: release.wait(30)  # holds its ack (bounded)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(op, n1, "emit_with_ack", http_timeout=60, event="q", timeout=30)
+            mute.wait_for("q")  # n3 delivered it: its count is in, its client is silent
+            t_kill = time.monotonic()
+            n3.kill(signal.SIGKILL)
+            res = fut.result(timeout=20)
+            after_kill = time.monotonic() - t_kill
+        assert sorted(res["ok"]) == ["a", "b"]
+        assert after_kill < 4.0, after_kill
+    finally:
+        release.set()
+
+
 # -- the threading manager in the same mesh -----------------------------------------------------
 def test_sync_manager_node_has_the_same_api(procs, clients):
     c = start_cluster(procs, 3, sync=(2,))
