@@ -68,10 +68,13 @@ def status(args: argparse.Namespace) -> int:
     if not nodes:
         print("no peers found")
         return 1
-    print(f"{'NODE':24} {'STATUS':8} {'ENDPOINT':28} {'CLIENTS':>7} {'ROOMS':>6} {'UPTIME':>8} {'LAG':>6}")
-    for n in nodes:
-        print(f"{n['node_id'][:24]:24} {n['status']:8} {n['endpoint'][:28]:28} {n['clients']:>7} "
-              f"{n['rooms']:>6} {n['uptime']:>8.0f} {n['lag']:>6.2f}")
+    print(f"{'HOST':20} {'NODE':24} {'STATUS':8} {'ENDPOINT':28} {'CLIENTS':>7} {'ROOMS':>6} "
+          f"{'UPTIME':>8} {'LAG':>6}")
+    # Workers behind a sidecar share its endpoint; group them under it.
+    for n in sorted(nodes, key=lambda n: (str(n["meta"].get("host", "")), n["node_id"])):
+        host = str(n["meta"].get("host") or "-")
+        print(f"{host[:20]:20} {n['node_id'][:24]:24} {n['status']:8} {n['endpoint'][:28]:28} "
+              f"{n['clients']:>7} {n['rooms']:>6} {n['uptime']:>8.0f} {n['lag']:>6.2f}")
     return 0
 
 
@@ -97,6 +100,49 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 keygen.configure = _keygen_args  # type: ignore[attr-defined]
+
+
+# -- sidecar -------------------------------------------------------------------
+def _sidecar_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", default="/run/meshadapter/sidecar",
+                   help="path prefix of the worker sockets (<path>.in/.out/.ctl); workers use "
+                        "sidecar='ipc://<path>' (default /run/meshadapter/sidecar)")
+    p.add_argument("--attach-tcp", type=int, default=0, metavar="PORT",
+                   help="also accept workers on 127.0.0.1:PORT..PORT+2 (needs a token)")
+    p.add_argument("--attach-token", default=None,
+                   help="token workers present over TCP (env MESHADAPTER_SIDECAR_TOKEN); "
+                        "workers set sidecar='tcp://127.0.0.1:PORT', sidecar_token=...")
+
+
+@command("sidecar", "join the mesh once for this host; local workers attach over a unix socket")
+def sidecar(args: argparse.Namespace) -> int:
+    import signal
+
+    from .config import MeshConfig
+    from .sidecar import Sidecar
+
+    kwargs = {k: v for k, v in mesh_kwargs(args).items() if k != "sidecar"}
+    cfg = MeshConfig.from_env(**kwargs)
+    cfg.sidecar = ""
+    token = args.attach_token if args.attach_token is not None else cfg.sidecar_token
+
+    async def run() -> None:
+        sc = Sidecar(cfg, args.socket, attach_port=args.attach_tcp, attach_token=token)
+        await sc.start()
+        print(f"meshadapter sidecar: workers attach with sidecar='ipc://{args.socket}'; "
+              f"mesh endpoint {sc.endpoint}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await sc.close()
+
+    asyncio.run(run())
+    return 0
+
+
+sidecar.configure = _sidecar_args  # type: ignore[attr-defined]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,6 +71,12 @@ class MeshConfig:
     forget_after: float = 300.0
     #: Serve polling/websocket requests for sessions owned by other nodes.
     sticky_free: bool = False
+    #: Attach to this host's sidecar (``ipc:///run/meshadapter/sidecar``, or
+    #: ``tcp://127.0.0.1:PORT`` with ``sidecar_token``) instead of joining the
+    #: mesh directly; discovery and mesh security are then the sidecar's.
+    sidecar: str = ""
+    #: Token proving a worker may attach to a sidecar over loopback TCP.
+    sidecar_token: str = ""
     #: Cluster secret: authenticates and encrypts the mesh with CurveZMQ (every
     #: node derives the same keypair from it). Comma-separated for key rotation:
     #: the first is used, all are accepted. Empty = plaintext (warned once).
@@ -150,6 +156,9 @@ class MeshConfig:
                 "heartbeat_timeout must be larger than heartbeat_interval "
                 f"(got {self.heartbeat_timeout} <= {self.heartbeat_interval})"
             )
+        if self.sidecar and not self.sidecar.startswith(("ipc://", "tcp://")):
+            raise ValueError(f"sidecar={self.sidecar!r}: expected ipc:///path/to/socket "
+                             "or tcp://127.0.0.1:PORT")
         if self.max_frame_bytes < 1024:
             raise ValueError("max_frame_bytes must be at least 1024")
         if not self.cluster or len(self.cluster) > 64:

@@ -94,9 +94,11 @@ class MeshNode:
             # All links go through this host's sidecar, which advertises for us.
             from .sidecar import SidecarLink
 
-            link = SidecarLink(self.node_id, cfg.sidecar, cfg.hwm, cfg.max_frame_bytes)
+            link = SidecarLink(self.node_id, cfg.sidecar, cfg.hwm, cfg.max_frame_bytes,
+                               token=cfg.sidecar_token)
             self.sockets = link  # type: ignore[assignment]
             self.endpoint = await link.advertised_endpoint()
+            self.meta["host"] = link.sidecar_id
         else:
             self.sockets = MeshSockets(self.node_id, cfg.host, cfg.port, cfg.hwm,
                                        cfg.max_frame_bytes, security=self.security,

@@ -161,6 +161,11 @@ def make_asgi() -> Any:
                             on_startup=mgr.start, on_shutdown=mgr.close)
 
 
+#: For ``gunicorn -k uvicorn.workers.UvicornWorker tests.apps.node_app:app`` and
+#: ``uvicorn --workers N tests.apps.node_app:app``.
+app = make_asgi()
+
+
 def run_aiohttp(port: int) -> None:
     from aiohttp import web
 
@@ -192,7 +197,7 @@ def main() -> None:
         return
     import uvicorn
 
-    uvicorn.run(make_asgi(), host="127.0.0.1", port=args.port, log_level="warning",
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
                 lifespan="on")
 
 
