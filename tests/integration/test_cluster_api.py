@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.integration.cluster import Client, Cluster, Clients, Node
+from tests.integration.cluster import Client, Clients, Cluster, Node
 from tests.support.procs import wait_until
 
 APP = "tests.apps.cluster_app"
@@ -203,7 +203,7 @@ def test_server_side_emit_with_acks(cluster):
 
 
 def test_server_side_call_timeout_names_the_silent_node(cluster):
-    n1, n2, n3 = cluster.nodes
+    n1, _n2, _n3 = cluster.nodes
     res = op(n1, "server_side_call", event="slow", data=["n3", 20], timeout=1.0)
     assert res["timeout"]["missing"] == ["n3"]
     assert res["timeout"]["responses"] == {"n2": {"node": "n2"}}
@@ -213,7 +213,7 @@ def test_server_side_call_timeout_names_the_silent_node(cluster):
 def test_request_ends_at_once_when_the_node_dies(cluster):
     """SIGKILL the node whose handler is still busy: the call returns as soon as
     the mesh declares it dead, with that node in ``failed``, not at the 30 s timeout."""
-    n1, n2, n3 = cluster.nodes
+    n1, _n2, n3 = cluster.nodes
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         fut = ex.submit(op, n1, "server_side_call", http_timeout=60, event="slow", data=["n3", 60], timeout=30)
         wait_until(lambda: n3.state()["slow_started"] == 1, 10, message="slow handler did not start")
@@ -328,7 +328,7 @@ def test_sync_manager_node_has_the_same_api(procs, clients):
 # -- Admin UI -------------------------------------------------------------------------------------
 def test_admin_ui_sees_every_nodes_sockets(procs, clients):
     c = start_cluster(procs, 3, env={"TEST_ADMIN": "1"})
-    n1, n2, n3 = c.nodes
+    n1, _n2, n3 = c.nodes
     users = [connect(clients, n, f"u{i}") for i, n in enumerate(c.nodes)]
     users[1].call("join", "lobby")
     admin = socketio.Client(reconnection=False)
