@@ -66,6 +66,11 @@ class MeshConfig:
     max_rooms_per_frame: int = 100_000
     #: ZeroMQ send/receive high-water marks (messages) per peer connection.
     hwm: int = 100_000
+    #: Send high-water mark (messages queued per peer) if it should differ
+    #: from ``hwm``; 0 = ``hwm``. Bounds the memory a stalled peer can pin on
+    #: the sender to about ``send_hwm x frame size``; beyond it frames to that
+    #: peer are dropped (it counts them as sequence gaps).
+    send_hwm: int = 0
     #: Seconds an unreachable peer's endpoint is kept and retried before it is
     #: forgotten (lets a partitioned peer come back without rediscovery).
     forget_after: float = 300.0

@@ -32,6 +32,13 @@ _RECV_BATCH = 256
 #: Milliseconds a new connection has to complete its handshake (CURVE or
 #: NULL); a peer that connects and stalls is dropped after this.
 HANDSHAKE_IVL_MS = 5000
+#: A connection attempt to an unreachable peer is abandoned (and retried)
+#: after this many milliseconds.
+CONNECT_TIMEOUT_MS = 1000
+#: ZMTP-level keepalive: a link that carries nothing back for the timeout
+#: (the PONGs come from the peer's libzmq I/O thread) is closed and redialled.
+ZMTP_HEARTBEAT_IVL_MS = 1000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 _MON_EVENTS = (
     zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED
     | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -71,6 +78,7 @@ class MeshSockets:
         max_frame_bytes: int,
         security: MeshSecurity | None = None,
         counters: MutableMapping[str, int] | None = None,
+        send_hwm: int = 0,
     ) -> None:
         self.node_id = node_id
         self.security = security or MeshSecurity()
@@ -83,6 +91,8 @@ class MeshSockets:
         self.sub = self.ctx.socket(zmq.SUB)
         self.security.apply_server(self.sub)
         self.sub.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+        self.sub.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+        self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
         self.sub.setsockopt(zmq.RCVHWM, hwm)
         # Hard cap at the transport: a peer sending a frame this large is
         # disconnected by libzmq before the bytes are buffered. Frames above
@@ -99,12 +109,19 @@ class MeshSockets:
             self.port = self.sub.bind_to_random_port(f"tcp://{bind_host}")
         # The PUB is used synchronously from the event loop thread only.
         self.pub = zmq.Context.shadow(self.ctx.underlying).socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, hwm)
+        self.pub.setsockopt(zmq.SNDHWM, send_hwm or hwm)
         self.pub.setsockopt(zmq.LINGER, 500)
         self.pub.setsockopt(zmq.RECONNECT_IVL, 100)
         self.pub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self.pub.setsockopt(zmq.TCP_KEEPALIVE, 1)
         self.pub.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+        # Dead links (partition, stopped peer) are found by ZMTP heartbeats
+        # and replaced by a fresh connection, tried with a bounded connect
+        # timeout, so a healed partition reconnects within ~2 s instead of
+        # waiting for TCP's retransmission back-off.
+        self.pub.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        self.pub.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+        self.pub.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
         self.security.apply_client(self.pub)
         self._server_keys = self.security.server_keys()
         self._key_idx: dict[str, int] = {}

@@ -102,7 +102,8 @@ class MeshNode:
         else:
             self.sockets = MeshSockets(self.node_id, cfg.host, cfg.port, cfg.hwm,
                                        cfg.max_frame_bytes, security=self.security,
-                                       counters=self.metrics.counters)
+                                       counters=self.metrics.counters,
+                                       send_hwm=cfg.send_hwm)
             adv = cfg.advertise_host or (primary_ipv4() if is_wildcard(cfg.host) else cfg.host)
             self.endpoint = f"tcp://{adv}:{self.sockets.port}"
         self.started_at = time.monotonic()
