@@ -223,6 +223,10 @@ def start_prometheus_server(node: Any, host: str, port: int) -> Any:
     def snap() -> dict[str, Any]:
         s = node.metrics.snapshot()
         s["node_id"] = node.node_id
+        try:  # fresher than the housekeeping tick (read-only, GIL-atomic)
+            s["peers"] = sum(1 for p in list(node.membership.peers.values()) if p.alive)
+        except RuntimeError:
+            pass
         return s
 
     registry = CollectorRegistry(auto_describe=False)
