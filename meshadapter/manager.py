@@ -11,11 +11,12 @@ from typing import Any, Callable
 from socketio import AsyncManager
 
 from .base import LOCAL, MeshManagerBase, iter_skip
+from .recovery import RecoveryMixin
 from .cluster import AsyncClusterMixin
 from .codec import Message, MsgType
 
 
-class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # type: ignore[misc]
+class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncManager):  # type: ignore[misc]
     """Client manager linking several ``socketio.AsyncServer`` processes
     through a broker-less ZeroMQ mesh.
 
@@ -57,11 +58,17 @@ class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # typ
         self.node.on(MsgType.ACK, self._on_ack)
         self.node.on(MsgType.ROOM_OP, self._on_room_op)
         self._cluster_init()  # cluster API: fetch_sockets, server_side_emit, ... (cluster.py)
+        self._csr_init()  # connection-state recovery (recovery.py), when recovery_window > 0
 
     # -- lifetime --------------------------------------------------------------
     def set_server(self, server: Any) -> None:
         super().set_server(server)
         self._install_tagging(server)
+        self._csr_install(server)
+        if self.config.sticky_free:  # serve other nodes' sessions (docs/sticky-free.md)
+            from .sessions import AsyncStickyFree
+
+            self.sticky_free = AsyncStickyFree(self.node, server)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -128,22 +135,28 @@ class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # typ
             data = await self._cl_admin_all_sockets(data, namespace, self._cl_timeout(None))
         if callback is not None:
             return await self._emit_with_callback(event, data, namespace, room, callback)
-        parts = self._encode(event, data, namespace)
+        offset = self._csr_offset()
+        parts = self._encode(event, data, namespace, offset)
         skip = self._skip_list(skip_sid)
         targets = self._targets(namespace, room)
+        if offset is not None:
+            targets |= self._csr_targets(namespace, self._room_list(room))
+            targets.discard(self.node.node_id)
         if targets:
             self.node.send_many(
-                MsgType.BROADCAST, self._broadcast_body(namespace, room, skip, parts), targets
+                MsgType.BROADCAST, self._broadcast_body(namespace, room, skip, parts, off=offset),
+                targets,
             )
         if self.server is not None:
-            await self._deliver(namespace, room, skip, parts)
+            await self._deliver(namespace, room, skip, parts, offset=offset)
+        self._csr_capture_shadows(namespace, self._room_list(room), skip, offset, parts)
 
     async def _emit_with_callback(
         self, event: str, data: Any, namespace: str, room: Any, callback: Callable[..., Any]
     ) -> None:
         if room is None or isinstance(room, (list, tuple, set)):
             raise ValueError("Cannot use callback without a room set to a single client sid.")
-        owner = self._owner(room)
+        owner = self._owner(room, namespace)
         if owner == LOCAL or owner is None:
             if self.server is None:
                 raise RuntimeError("Callbacks can only be issued from the context of a server.")
@@ -156,14 +169,16 @@ class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # typ
 
     async def _deliver(
         self, namespace: str, room: Any, skip: list[str], parts: list[Any],
-        ack: tuple[str, int] | None = None,
+        ack: tuple[str, int] | None = None, offset: str | None = None,
     ) -> None:
         if namespace not in self.rooms:
             return
         send = self.server._send_eio_packet
         if ack is None:
             pkts = self._eio_packets(parts)
-            for _sid, eio_sid in iter_skip(self.get_participants(namespace, room), skip):
+            for sid, eio_sid in iter_skip(self.get_participants(namespace, room), skip):
+                if offset is not None and self._csr_capture_live(namespace, sid, offset, parts):
+                    continue  # held until the restored session's missed packets are out
                 for p in pkts:
                     await send(eio_sid, p)
             return
@@ -176,6 +191,32 @@ class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # typ
     async def _return_ack(self, origin: str, cb_id: int, *args: Any) -> None:
         if self.node.running:
             self.node.send(MsgType.ACK, {"req": cb_id, "args": list(args)}, to=origin)
+
+    async def pre_connect(self, eio_sid: str, namespace: str) -> str | None:
+        if self.csr_enabled:
+            return await self._csr_pre_connect(eio_sid, namespace)
+        return await AsyncManager.pre_connect(self, eio_sid, namespace)  # type: ignore[no-any-return]
+
+    async def connect(self, sid: str, namespace: str) -> str:
+        sid = await AsyncManager.connect(self, sid, namespace)
+        if self.csr_enabled and sid is not None:
+            await self._csr_after_connect(sid, namespace)
+        return sid
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        if self.csr_enabled:
+            self._csr_on_disconnect(sid, namespace)  # before the rooms are left
+        return await AsyncManager.disconnect(self, sid, namespace, **kwargs)  # type: ignore[no-any-return]
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.csr_enabled and room is not None and room != sid:
+            self._csr_rooms_changed(sid, namespace)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        if self.csr_enabled and room is not None and room != sid:
+            self._csr_rooms_changed(sid, namespace)
 
     async def can_disconnect(self, sid: str, namespace: str) -> bool:
         if self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace):
@@ -206,7 +247,7 @@ class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # typ
     async def _remote_room_op(self, op: str, namespace: str, sid: str, room: Any) -> None:
         namespace = namespace or "/"
         await self._ready()
-        owner = self._owner(sid)
+        owner = self._owner(sid, namespace)
         if owner is None or owner == LOCAL:
             self._get_logger().warning("%s: sid %s is not connected to any node", op, sid)
             return
@@ -220,8 +261,9 @@ class AsyncMeshManager(AsyncClusterMixin, MeshManagerBase, AsyncManager):  # typ
         ack = msg.get("ack")
         await self._deliver(
             msg["nsp"], msg["rooms"], msg["skip"], msg["pkt"],
-            ack=(msg.src, ack) if ack is not None else None,
+            ack=(msg.src, ack) if ack is not None else None, offset=msg.get("off"),
         )
+        self._csr_capture_shadows(msg["nsp"], msg["rooms"], msg["skip"], msg.get("off"), msg["pkt"])
 
     async def _on_ack(self, msg: Message) -> None:
         if msg.get("sid") is not None:

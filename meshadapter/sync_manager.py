@@ -69,6 +69,10 @@ class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
     def set_server(self, server: Any) -> None:
         super().set_server(server)
         self._install_tagging(server)
+        if self.config.sticky_free:  # serve other nodes' sessions (docs/sticky-free.md)
+            from .sessions import SyncStickyFree
+
+            self.sticky_free = SyncStickyFree(self.node, server, self._run)
         self.start()
 
     def start(self) -> None:
