@@ -83,11 +83,21 @@ class MeshManagerBase:
         fn(*args)
 
     # -- routing ---------------------------------------------------------------
-    def _owner(self, sid: Any) -> str | None:
-        """``LOCAL``, the node id owning ``sid``, or None when unknown."""
+    def _owner(self, sid: Any, namespace: str = "/") -> str | None:
+        """``LOCAL``, the node id owning ``sid``, or None when unknown.
+
+        The sid's tag names the node that created it; a session recovered on
+        another node (recovery.py) is announced there as a room named by the
+        sid, which takes precedence.
+        """
         tag = tag_of(sid)
         if tag is None:
             return None
+        moved = self.node.membership.nodes_for(namespace, [sid])
+        if moved:
+            return next(iter(moved))
+        if sid in self.node.local_rooms.rooms.get(namespace, ()):
+            return LOCAL
         if tag == self.node.tag:
             return LOCAL
         return self.node.membership.node_for_tag(tag)
@@ -103,7 +113,7 @@ class MeshManagerBase:
         rooms = room if isinstance(room, (list, tuple, set)) else [room]
         out = m.nodes_for(namespace, rooms)
         for r in rooms:
-            owner = self._owner(r)
+            owner = self._owner(r, namespace)
             if owner is not None and owner != LOCAL:
                 out.add(owner)
         return out
@@ -111,14 +121,19 @@ class MeshManagerBase:
     def _packet_class(self) -> Any:
         return self.server.packet_class if self.server is not None else sio_packet.Packet
 
-    def _encode(self, event: str, data: Any, namespace: str) -> list[Any]:
-        """Encode the Socket.IO EVENT packet once, for every node and client."""
+    def _encode(self, event: str, data: Any, namespace: str, offset: str | None = None) -> list[Any]:
+        """Encode the Socket.IO EVENT packet once, for every node and client.
+
+        ``offset`` (connection-state recovery) goes last, as Socket.IO does.
+        """
         if isinstance(data, tuple):
             data = list(data)
         elif data is not None:
             data = [data]
         else:
             data = []
+        if offset is not None:
+            data = data + [offset]
         pkt = self._packet_class()(sio_packet.EVENT, namespace=namespace, data=[event] + data)
         if self.server is None:
             pkt.json = self.json
@@ -150,12 +165,15 @@ class MeshManagerBase:
         return list(room) if isinstance(room, (list, tuple, set)) else [room]
 
     def _broadcast_body(
-        self, namespace: str, room: Any, skip: list[str], parts: list[Any], ack: int | None = None
+        self, namespace: str, room: Any, skip: list[str], parts: list[Any], ack: int | None = None,
+        off: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"nsp": namespace, "rooms": self._room_list(room), "skip": skip,
                                 "pkt": parts}
         if ack is not None:
             body["ack"] = ack
+        if off is not None:
+            body["off"] = off
         return body
 
     def _store_callback(self, callback: Callable[..., Any], owner: str) -> int:

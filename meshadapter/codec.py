@@ -49,6 +49,7 @@ class MsgType(enum.IntEnum):
     REQUEST = 20
     RESPONSE = 21
     STREAM = 30
+    RECOVERY = 40
 
 
 class DecodeError(ValueError):
@@ -153,6 +154,7 @@ SCHEMAS: dict[MsgType, dict[str, tuple[Check, bool]]] = {
         "skip": (_list(_str(MAX_ROOM_LEN)), True),
         "pkt": (_list(_part, 1024), True),
         "ack": (_opt(_int), False),
+        "off": (_str(64), False),
     },
     MsgType.ACK: {
         "req": (_int, True),
@@ -180,6 +182,13 @@ SCHEMAS: dict[MsgType, dict[str, tuple[Check, bool]]] = {
         "sid": (_str(128), True),
         "kind": (_str(16), True),
         "data": (_any, False),
+    },
+    MsgType.RECOVERY: {
+        "op": (_one_of("state", "drop", "pkt"), True),
+        "pid": (_str(64), True),
+        "st": (_map(_str(16), _any, 16), False),
+        "off": (_str(64), False),
+        "pkt": (_list(_part, 1024), False),
     },
 }
 

@@ -82,6 +82,16 @@ class MeshConfig:
     sidecar: str = ""
     #: Token proving a worker may attach to a sidecar over loopback TCP.
     sidecar_token: str = ""
+    #: Seconds a disconnected client can come back (through any node) and get
+    #: its sid, rooms, session data and missed packets; 0 = off.  All nodes
+    #: must use the same value (it adds an offset argument to every event).
+    recovery_window: float = 0.0
+    #: Other nodes that hold a copy of each session's recovery state.
+    recovery_replicas: int = 1
+    #: Most packets buffered per session for recovery.
+    recovery_max_packets: int = 1000
+    #: Most bytes buffered per session for recovery.
+    recovery_max_bytes: int = 1024 * 1024
     #: Cluster secret: authenticates and encrypts the mesh with CurveZMQ (every
     #: node derives the same keypair from it). Comma-separated for key rotation:
     #: the first is used, all are accepted. Empty = plaintext (warned once).
@@ -164,6 +174,8 @@ class MeshConfig:
         if self.sidecar and not self.sidecar.startswith(("ipc://", "tcp://")):
             raise ValueError(f"sidecar={self.sidecar!r}: expected ipc:///path/to/socket "
                              "or tcp://127.0.0.1:PORT")
+        if self.recovery_window < 0 or self.recovery_replicas < 0:
+            raise ValueError("recovery_window and recovery_replicas must be >= 0")
         if self.max_frame_bytes < 1024:
             raise ValueError("max_frame_bytes must be at least 1024")
         if not self.cluster or len(self.cluster) > 64:

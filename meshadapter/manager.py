@@ -86,9 +86,15 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
     async def start(self) -> None:
         """Join the mesh (idempotent)."""
         await self.node.start()
+        if self.csr_enabled and self._csr_task is None:
+            self._csr_task = asyncio.get_running_loop().create_task(self._csr_sweeper())
 
     async def close(self) -> None:
         """Leave the mesh: peers drop this node at once instead of timing out."""
+        if self._csr_task is not None:
+            self._csr_task.cancel()
+            await asyncio.gather(self._csr_task, return_exceptions=True)
+            self._csr_task = None
         await self.node.close()
 
     async def __aenter__(self) -> "AsyncMeshManager":

@@ -65,6 +65,8 @@ def _state() -> dict[str, Any]:
 
 @sio.event
 async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    if mgr.recovered(sid):
+        return  # connection-state recovery restored the session data already
     await sio.save_session(sid, {"auth": auth, "node": mgr.node_id})
 
 
@@ -145,7 +147,48 @@ async def chat_connect(sid: str, environ: dict[str, Any]) -> None:
 
 
 # -- HTTP ------------------------------------------------------------------
+_streams: set[asyncio.Task[None]] = set()
+
+
+async def _stream(room: str, count: int, interval: float, start: int) -> None:
+    """A numbered broadcast stream: ``bcast {seq}`` to ``room`` (bounded)."""
+    for seq in range(start, start + min(count, 100_000)):
+        await sio.emit("bcast", {"seq": seq}, room=room)
+        await asyncio.sleep(interval)
+
+
+def _session_info(sid: str) -> dict[str, Any]:
+    local = mgr.is_connected(sid, "/")
+    info: dict[str, Any] = {"local": local, "node": mgr.node_id}
+    if local:
+        eio_sid = mgr.eio_sid_from_sid(sid, "/")
+        sock = sio.eio.sockets.get(eio_sid)
+        info["session"] = sock.session.get("/") if sock else None
+        info["recovered"] = mgr.recovered(sid)
+        info["rooms"] = sorted(str(r) for r in mgr.get_rooms(sid, "/") if r != sid)
+    return info
+
+
 async def asgi_other(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    from urllib.parse import parse_qs
+
+    q = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    if scope["type"] == "http" and scope["path"] == "/_test/stream":
+        task = asyncio.get_running_loop().create_task(_stream(
+            q["room"], int(q.get("count", "100")), float(q.get("interval", "0.01")),
+            int(q.get("start", "0"))))
+        _streams.add(task)
+        task.add_done_callback(_streams.discard)
+        body = b'{"ok": true}'
+    elif scope["type"] == "http" and scope["path"] == "/_test/session":
+        body = json.dumps(_session_info(q["sid"]), default=str).encode()
+    else:
+        body = b""
+    if body:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
     if scope["type"] == "http" and scope["path"] == "/_test/state":
         body = json.dumps(_state(), default=str).encode()
         await send({"type": "http.response.start", "status": 200,
