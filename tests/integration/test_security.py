@@ -205,3 +205,50 @@ def test_key_rotation_mixed_keys_form_one_mesh(procs, clients):
     # the others still accept it: the rotation is not finished until every
     # node has NEW first.
     assert c[0].metrics().get("handshake_failures_in", 0) >= 1  # n2/n3 tried OLD first
+
+
+def test_plaintext_replay_is_dropped_and_counted(procs, clients):
+    """Without CURVE a LAN attacker can capture frames; replaying them is
+    still harmless: old sequence numbers are dropped and counted."""
+    c = Cluster(procs, 2).start()
+    c.wait_meshed()
+    n1, n2 = c.nodes
+    c1, c2 = clients.connect(n1), clients.connect(n2)
+    c1.call("join", "r")
+    wait_until(lambda: "r" in n2.state()["routing"]["/"], 5)
+    tap = ZmqListener()
+    inj2 = Injector(f"tcp://127.0.0.1:{n2.mesh_port}")
+    try:
+        # Make n2 dial the tap (a forged heartbeat pointing at it): the tap
+        # subscribes to everything, so it captures n2's frames to n1 too.
+        from tests.integration.hostile import forged_heartbeat
+
+        def tapped() -> bool:
+            inj2.seq += 1
+            inj2.send(forged_heartbeat("tap", inj2.inc, inj2.seq, ep=tap.endpoint))
+            return bool(tap.messages)
+
+        wait_until(tapped, 10, interval=0.1)
+        c2.call("emit", {"event": "once", "data": "payload", "room": "r"})
+        assert c1.wait_for("once") == ["payload"]
+        wait_until(lambda: any(b"payload" in m[-1] for m in list(tap.messages)), 5)
+        captured = [m for m in list(tap.messages) if len(m) == 2]
+    finally:
+        inj2.close()
+        tap.close()
+    dup0 = n1.metrics()["duplicates"]
+    inj1 = Injector(f"tcp://127.0.0.1:{n1.mesh_port}")
+    try:
+        def replayed() -> bool:
+            for m in captured:
+                inj1.send_raw(m)
+            return n1.metrics()["duplicates"] >= dup0 + len(captured)
+
+        wait_until(replayed, 10, interval=0.1,
+                   message=lambda: f"replays not counted: {n1.metrics()['duplicates']} vs {dup0}")
+    finally:
+        inj1.close()
+    c2.call("emit", {"event": "sentinel", "data": 1, "room": "r"})
+    c1.wait_for("sentinel")
+    assert c1.got("once") == ["payload"]  # delivered once, never replayed
+    assert n1.peer_status() == {"n2": "alive"}
