@@ -44,8 +44,11 @@ def owner_of(cluster: Cluster, sid: str) -> Node | None:
     return None
 
 
-def start(procs: ProcGroup, window: float) -> tuple[Cluster, Any]:
-    c = Cluster(procs, 3, env={"MESHADAPTER_RECOVERY_WINDOW": str(window)}).start()
+def start(procs: ProcGroup, window: float, sticky_free: bool = False) -> tuple[Cluster, Any]:
+    env = {"MESHADAPTER_RECOVERY_WINDOW": str(window)}
+    if sticky_free:  # polling requests may land on any node
+        env["MESHADAPTER_STICKY_FREE"] = "1"
+    c = Cluster(procs, 3, env=env).start()
     c.wait_meshed()
     lb = start_haproxy([("127.0.0.1", n.port) for n in c.nodes], group=procs)
     return c, lb
@@ -61,9 +64,13 @@ def check_exactly_once(summary: Any, count: int) -> None:
     assert b["min_seq"] == 0 and b["max_seq"] == count - 1, b
 
 
-def test_transport_cut_and_restored(procs: ProcGroup) -> None:
-    c, lb = start(procs, window=30)
-    client = start_js_client(lb.url, group=procs, transports="websocket", duration=40,
+TRANSPORTS = pytest.mark.parametrize("transports", ["websocket", "polling,websocket"])
+
+
+@TRANSPORTS
+def test_transport_cut_and_restored(procs: ProcGroup, transports: str) -> None:
+    c, lb = start(procs, window=30, sticky_free="polling" in transports)
+    client = start_js_client(lb.url, group=procs, transports=transports, duration=40,
                              rooms=["r"], expect_bcast=400, recovery=True, extra=RECONNECT)
     sid = client.wait_event("joined", 15) and client.wait_event("connect", 5)["sid"]
     owner = owner_of(c, sid)
@@ -86,9 +93,10 @@ def test_transport_cut_and_restored(procs: ProcGroup) -> None:
     check_exactly_once(summary, 400)
 
 
-def test_owner_killed(procs: ProcGroup) -> None:
-    c, lb = start(procs, window=30)
-    client = start_js_client(lb.url, group=procs, transports="websocket", duration=40,
+@TRANSPORTS
+def test_owner_killed(procs: ProcGroup, transports: str) -> None:
+    c, lb = start(procs, window=30, sticky_free="polling" in transports)
+    client = start_js_client(lb.url, group=procs, transports=transports, duration=40,
                              rooms=["r"], expect_bcast=500, recovery=True, extra=RECONNECT)
     client.wait_event("joined", 15)
     sid = client.wait_event("connect", 5)["sid"]
