@@ -145,6 +145,61 @@ def sidecar(args: argparse.Namespace) -> int:
 sidecar.configure = _sidecar_args  # type: ignore[attr-defined]
 
 
+# -- check / demo (sticky-free mode, see docs/sticky-free.md) -------------------
+def _check_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=int, default=10, help="Socket.IO clients (default 10)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of traffic (default 5)")
+    p.add_argument("--transport", choices=["polling", "websocket", "upgrade", "both"],
+                   default="both", help="polling only, websocket only, polling then upgrade, "
+                   "or both (half polling-only, half upgrading; default)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="the deployment's URL, e.g. http://lb.example:80")
+    _check_common(p)
+
+
+@command("check", "drive real Socket.IO clients through a deployment and report failures",
+         mesh_options=False)
+def check(args: argparse.Namespace) -> int:
+    from .check import run_check
+
+    report = run_check(args.url, clients=args.clients, duration=args.duration,
+                       transport=args.transport)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
+check.configure = _check_args  # type: ignore[attr-defined]
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=3, help="local nodes (default 3)")
+    p.add_argument("--no-sticky-free", dest="sticky_free", action="store_false",
+                   help="run the nodes without sticky-free mode (to see the failures)")
+    _check_common(p)
+    p.set_defaults(clients=6)
+
+
+@command("demo", "start N local nodes behind a round-robin balancer and check them",
+         mesh_options=False)
+def demo(args: argparse.Namespace) -> int:
+    import io
+
+    from .check import run_demo
+
+    buf = io.StringIO() if args.json else None
+    report = run_demo(nodes=args.nodes, clients=args.clients, duration=args.duration,
+                      transport=args.transport, sticky_free=args.sticky_free, out=buf)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.ok else 1
+
+
+demo.configure = _demo_args  # type: ignore[attr-defined]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshadapter",
