@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from bench import report
 from bench.cluster import RedisServer, kill_all_sync
 from bench.raw import raw_redis, raw_zmq
-from bench.scenarios import Params, run_cluster
+from bench.scenarios import SCENARIOS, Params, run_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,14 +38,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="~1 minute smoke run (3 nodes, short bursts); output under OUT/tmp/quick")
     p.add_argument("--nodes", default=None,
                    help="comma-separated node counts (default 2,4,8; --quick: 3)")
-    p.add_argument("--managers", default="redis,mesh", help="comma list of: redis, mesh")
+    p.add_argument("--managers", default="redis,mesh,mesh-csr",
+                   help="comma list of: redis, mesh, mesh-csr (mesh with recovery_window=60)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
     p.add_argument("--receivers-per-node", type=int, default=1)
     p.add_argument("--client-workers", type=int, default=2,
                    help="load-generator processes holding the Socket.IO clients")
     p.add_argument("--emit-concurrency", type=int, default=1,
                    help="coroutines emitting in parallel on node 0 in the throughput runs")
+    p.add_argument("--scenarios", default="",
+                   help="comma list of scenarios to run (default all): " + ", ".join(SCENARIOS))
+    p.add_argument("--lat-count", type=int, default=None,
+                   help="broadcasts in the latency scenario (default 600; --quick 150)")
     p.add_argument("--no-raw", action="store_true", help="skip the raw pyzmq/redis ceilings")
+    p.add_argument("--no-forwarding", action="store_true",
+                   help="skip the sticky-free forwarded-polling probe (bench/forwarding.py)")
+    p.add_argument("--profile", default="",
+                   help="cProfile node 0 and node 1 of each cluster into OUT/tmp/profiles/ "
+                        "(comma list of manager/nodes, e.g. mesh/2; 'all' for every cluster)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--budget", type=float, default=None,
                    help="hard wall-clock cap in seconds (default 900; --quick: 180)")
@@ -53,10 +63,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def make_params(args: argparse.Namespace) -> Params:
+    scen = tuple(x.strip() for x in args.scenarios.split(",") if x.strip())
+    unknown = [x for x in scen if x not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
     base = Params(receivers_per_node=args.receivers_per_node, client_workers=args.client_workers,
-                  emit_concurrency=args.emit_concurrency)
+                  emit_concurrency=args.emit_concurrency, scenarios=scen)
+    if args.lat_count:
+        base = replace(base, lat_count=args.lat_count)
     if args.quick:
-        return replace(base, lat_count=150, lat_rate=300.0, thr_duration=1.0,
+        return replace(base, lat_count=args.lat_count or 150, lat_rate=300.0, thr_duration=1.0,
                        thr_max_small=20_000, thr_max_large=3_000, ack_count=50, idle=2.0,
                        startup_timeout=30.0)
     return base
@@ -88,14 +104,15 @@ def check_mesh(env: Dict[str, str]) -> Optional[str]:
 def sanity(run: Dict[str, Any]) -> List[str]:
     """Problems that make a cluster run's numbers meaningless."""
     problems = []
-    if not run.get("latency", {}).get("cross_node_ms", {}).get("n"):
+    if "latency" in run and not run["latency"].get("cross_node_ms", {}).get("n"):
         problems.append("no cross-node latency sample")
     for key, value in run.items():
         if key.startswith("throughput_") and not value.get("delivered"):
             problems.append(f"{key}: nothing delivered")
-    ack = run.get("ack", {})
-    if not ack.get("rtt_ms", {}).get("n"):
+    if "ack" in run and not run["ack"].get("rtt_ms", {}).get("n"):
         problems.append("no ack round trip completed")
+    if not any(k in run for k in SCENARIOS):
+        problems.append("no scenario ran")
     return problems
 
 
@@ -122,20 +139,25 @@ async def run(args: argparse.Namespace) -> int:
     cwd = str(REPO)
 
     status: Dict[str, str] = {}
-    if "mesh" in managers:
-        reason = check_mesh(env)
-        if reason:
-            status["mesh"] = f"skipped: {reason}"
-            managers.remove("mesh")
-            log(status["mesh"])
+    mesh_kinds = [m for m in managers if m.startswith("mesh")]
+    reason = check_mesh(env) if mesh_kinds else None
+    if reason:
+        for m in mesh_kinds:
+            status[m] = f"skipped: {reason}"
+            managers.remove(m)
+        log(f"meshadapter skipped: {reason}")
+    profile_dir = out / "tmp" / "profiles"
+    wanted_profiles = {x.strip() for x in args.profile.split(",") if x.strip()}
     results: Dict[str, Any] = {
         "meta": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "quick": args.quick, "nodes": node_counts, "python": platform.python_version(),
             "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
             "versions": _versions(),
+            "loadavg_start": _loadavg(),
         },
         "raw": {}, "runs": {m: {} for m in managers}, "status": status, "errors": {},
+        "forwarding": None, "profiles": {},
     }
     failed = False
     redis: Optional[RedisServer] = None
@@ -158,10 +180,16 @@ async def run(args: argparse.Namespace) -> int:
             log(f"  {results['raw']['redis']}")
         for n in node_counts:
             for m in managers:
-                log(f"{report.LABEL[m]}: {n} nodes")
+                load_before = _loadavg()
+                log(f"{report.LABEL[m]}: {n} nodes (load average {load_before})")
+                profile: Dict[int, str] = {}
+                if "all" in wanted_profiles or f"{m}/{n}" in wanted_profiles:
+                    profile_dir.mkdir(parents=True, exist_ok=True)
+                    profile = {i: str(profile_dir / f"{m}-n{n}-node{i}.pstats") for i in (0, 1)}
+                    results["profiles"][f"{m}/{n}"] = profile
                 try:
                     r = await run_cluster(m, n, params_for(params, n), log_dir, cwd, env,
-                                          redis if m == "redis" else None, log)
+                                          redis if m == "redis" else None, log, profile=profile)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -170,11 +198,32 @@ async def run(args: argparse.Namespace) -> int:
                     results["errors"][f"{m}/{n}"] = msg
                     failed = True
                     continue
+                r["loadavg_before"] = load_before
                 results["runs"][m][str(n)] = r
                 problems = sanity(r)
                 if problems:
                     results["errors"][f"{m}/{n}"] = "; ".join(problems)
                     failed = True
+        if "mesh" in managers and not args.no_forwarding:
+            log(f"sticky-free forwarding probe: 2 nodes (load average {_loadavg()})")
+            try:
+                # bench/forwarding.py (python -m bench.forwarding) is the standalone probe.
+                from bench.forwarding import one_line as forwarding_line
+                from bench.forwarding import run_forwarding
+
+                log_dir.mkdir(parents=True, exist_ok=True)
+                fwd = await run_forwarding(log_dir, cwd, env, count=100 if args.quick else 400,
+                                           duration=10.0 if args.quick else 20.0,
+                                           startup_timeout=params.startup_timeout, log=log)
+                results["forwarding"] = fwd
+                log(f"  {forwarding_line(fwd)}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                msg = f"{type(exc).__name__}: {exc}"
+                log(f"  FAILED: {msg}")
+                results["errors"]["forwarding"] = msg
+                failed = True
         for m in managers:
             status.setdefault(m, "failed, see errors" if any(
                 k.startswith(m + "/") for k in results["errors"]) else "ok")
@@ -183,13 +232,19 @@ async def run(args: argparse.Namespace) -> int:
             await redis.stop()
 
     results["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["meta"]["loadavg_end"] = _loadavg()
     rows = report.build_rows(results)
     results["table"] = [
         {"group": r.group, "metric": r.metric, "unit": r.unit, "better": r.better,
          "redis": r.redis, "mesh": r.mesh, "ratio_mesh_over_redis": r.ratio, "winner": r.winner}
         for r in rows
     ]
-    table = report.render_table(rows, status)
+    extra = report.build_extra_rows(results)
+    results["extra_table"] = [vars(e) | {"ratio": e.ratio} for e in extra]
+    targets = report.build_targets(results)
+    results["targets"] = targets
+    table = "\n\n".join([report.render_table(rows, status), report.render_extra(extra),
+                          report.render_targets(targets)])
     json_path = out / "results.json"
     report.write_json(results, json_path)
     (out / "results.md").write_text(table + "\n")
@@ -201,6 +256,13 @@ async def run(args: argparse.Namespace) -> int:
         for p in report.write_plots(results, out):
             print(f"plot: {p}")
     return 1 if failed else 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def _versions() -> Dict[str, str]:

@@ -71,7 +71,9 @@ class ClientRecord:
         self.sio.on(BENCH_EVENT, self.on_bench)
         self.sio.on(ACK_EVENT, self.on_ack)
 
-    def on_bench(self, data: Dict[str, Any]) -> None:
+    def on_bench(self, data: Dict[str, Any], *extra: Any) -> None:
+        # ``extra``: with connection-state recovery on (``mesh-csr``) the server
+        # appends the packet's offset as a last argument.
         t = now()
         tag = data["tag"]
         st = self.tags.get(tag)
@@ -84,7 +86,7 @@ class ClientRecord:
         if st.count == self.expect.get(tag, -1):
             self.worker.progress.set()
 
-    def on_ack(self, data: Any) -> Any:
+    def on_ack(self, data: Any, *extra: Any) -> Any:
         return data
 
 

@@ -184,6 +184,10 @@ class Cluster:
     env: Dict[str, str]
     redis_url: str = ""
     channel: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
+    #: Extra ``bench.server`` arguments for every node (e.g. ``--sticky-free``).
+    extra_args: List[str] = field(default_factory=list)
+    #: Node index -> cProfile output path (``bench.server --profile``).
+    profile: Dict[int, str] = field(default_factory=dict)
     nodes: List[Node] = field(default_factory=list)
     session: Optional[aiohttp.ClientSession] = None
 
@@ -204,7 +208,10 @@ class Cluster:
                 "--redis-url", self.redis_url, "--channel", self.channel,
                 "--mesh-port", str(mesh_ports[i]), "--peers", peers,
                 "--cluster", self.channel, "--expect-peers", str(self.size - 1),
+                *self.extra_args,
             ]
+            if i in self.profile:
+                cmd += ["--profile", self.profile[i]]
             log = self.log_dir / f"{self.manager}-n{self.size}-node{i}.log"
             proc = _spawn(cmd, log, self.cwd, self.env)
             self.nodes.append(Node(i, http_ports[i], mesh_ports[i], proc, log))

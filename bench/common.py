@@ -22,6 +22,8 @@ BENCH_EVENT = "bench"
 ACK_EVENT = "ackme"
 #: Socket.IO event a client emits (with ack) to join a room.
 JOIN_EVENT = "join"
+#: Socket.IO event the server acks with its argument (sticky-free forwarding probe).
+ECHO_EVENT = "echo"
 
 
 def now() -> float:

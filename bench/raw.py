@@ -10,6 +10,9 @@ JSON lines; :func:`run_raw` drives them. Loops are bounded by count and time.
   can *see* the subscription arrive (no slow-joiner guess), then sends
   ``count`` messages; high-water marks are raised above ``count`` so
   nothing is dropped.
+* Each role also reports the CPU time (``time.process_time()``, all its
+  threads) of its loop, so ``cpu_us_per_msg`` is publisher + subscriber CPU
+  per delivered message.
 * redis: the subscriber prints ``READY`` once Redis confirmed the
   subscription; the publisher then runs a plain ``PUBLISH`` loop (one round
   trip per message, like ``AsyncRedisManager``) using redis-py's sync client.
@@ -48,6 +51,7 @@ def zmq_pub(count: int, size: int, timeout: float) -> None:
         return
     sock.recv()  # the subscription message
     payload = b"x" * size
+    c0 = time.process_time()
     t0 = time.monotonic()
     deadline = t0 + timeout
     sent = 0
@@ -57,9 +61,10 @@ def zmq_pub(count: int, size: int, timeout: float) -> None:
         if sent % 1000 == 0 and time.monotonic() > deadline:
             break
     t1 = time.monotonic()
+    c1 = time.process_time()
     for _ in range(10):  # the end marker, repeated in case of drops
         sock.send(END)
-    _emit({"sent": sent, "t0": t0, "t1": t1})
+    _emit({"sent": sent, "t0": t0, "t1": t1, "cpu_s": c1 - c0})
     sock.close()
     ctx.term()
 
@@ -74,6 +79,7 @@ def zmq_sub(port: int, count: int, timeout: float) -> None:
     sock.connect(f"tcp://{LOOPBACK}:{port}")
     deadline = time.monotonic() + timeout
     got, first, last = 0, 0.0, 0.0
+    c0 = time.process_time()
     while got < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not sock.poll(int(remaining * 1000)):
@@ -85,7 +91,7 @@ def zmq_sub(port: int, count: int, timeout: float) -> None:
         if got == 0:
             first = last
         got += 1
-    _emit({"received": got, "first": first, "last": last})
+    _emit({"received": got, "first": first, "last": last, "cpu_s": time.process_time() - c0})
     sock.close(linger=0)
     ctx.term()
 
@@ -106,6 +112,7 @@ async def zmq_pub_async(count: int, size: int, timeout: float) -> None:
         return
     await sock.recv()
     payload = b"x" * size
+    c0 = time.process_time()
     t0 = time.monotonic()
     deadline = t0 + timeout
     sent = 0
@@ -115,9 +122,10 @@ async def zmq_pub_async(count: int, size: int, timeout: float) -> None:
         if sent % 1000 == 0 and time.monotonic() > deadline:
             break
     t1 = time.monotonic()
+    c1 = time.process_time()
     for _ in range(10):
         await sock.send(END)
-    _emit({"sent": sent, "t0": t0, "t1": t1})
+    _emit({"sent": sent, "t0": t0, "t1": t1, "cpu_s": c1 - c0})
     sock.close()
     ctx.term()
 
@@ -134,6 +142,7 @@ async def zmq_sub_async(port: int, count: int, timeout: float) -> None:
     sock.connect(f"tcp://{LOOPBACK}:{port}")
     deadline = time.monotonic() + timeout
     got, first, last = 0, 0.0, 0.0
+    c0 = time.process_time()
     while got < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -148,7 +157,7 @@ async def zmq_sub_async(port: int, count: int, timeout: float) -> None:
         if got == 0:
             first = last
         got += 1
-    _emit({"received": got, "first": first, "last": last})
+    _emit({"received": got, "first": first, "last": last, "cpu_s": time.process_time() - c0})
     sock.close(linger=0)
     ctx.term()
 
@@ -166,6 +175,7 @@ def redis_sub(url: str, channel: str, count: int, timeout: float) -> None:
     _emit({"ready": True})
     deadline = time.monotonic() + timeout
     got, first, last = 0, 0.0, 0.0
+    c0 = time.process_time()
     while got < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -179,7 +189,7 @@ def redis_sub(url: str, channel: str, count: int, timeout: float) -> None:
         if got == 0:
             first = last
         got += 1
-    _emit({"received": got, "first": first, "last": last})
+    _emit({"received": got, "first": first, "last": last, "cpu_s": time.process_time() - c0})
     ps.close()
 
 
@@ -188,6 +198,7 @@ def redis_pub(url: str, channel: str, count: int, size: int, timeout: float) -> 
 
     client = redis.Redis.from_url(url)
     payload = b"x" * size
+    c0 = time.process_time()
     t0 = time.monotonic()
     deadline = t0 + timeout
     sent = 0
@@ -197,8 +208,9 @@ def redis_pub(url: str, channel: str, count: int, size: int, timeout: float) -> 
         if sent % 1000 == 0 and time.monotonic() > deadline:
             break
     t1 = time.monotonic()
+    c1 = time.process_time()
     client.publish(channel, END)
-    _emit({"sent": sent, "t0": t0, "t1": t1})
+    _emit({"sent": sent, "t0": t0, "t1": t1, "cpu_s": c1 - c0})
 
 
 class _Child:
@@ -241,6 +253,11 @@ def _rate(pub: Dict[str, Any], sub: Dict[str, Any]) -> Dict[str, Any]:
         "sent": pub["sent"], "received": sub["received"],
         "publish_per_s": round(pub["sent"] / (pub["t1"] - pub["t0"]), 1),
         "delivered_per_s": round(sub["received"] / window, 1) if window > 0 else None,
+        # CPU of both processes (their loops only, libzmq I/O threads included)
+        # per delivered message: the transport's cost floor in Python.
+        "pub_cpu_s": round(pub["cpu_s"], 4), "sub_cpu_s": round(sub["cpu_s"], 4),
+        "cpu_us_per_msg": (round((pub["cpu_s"] + sub["cpu_s"]) / sub["received"] * 1e6, 2)
+                           if sub["received"] else None),
     }
 
 

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-MANAGERS = ("redis", "mesh")
-LABEL = {"redis": "AsyncRedisManager", "mesh": "meshadapter"}
+#: Every manager kind ``--managers`` accepts; the main table compares the first two.
+MANAGERS = ("redis", "mesh", "mesh-csr")
+COMPARED = ("redis", "mesh")
+LABEL = {"redis": "AsyncRedisManager", "mesh": "meshadapter",
+         "mesh-csr": "meshadapter + recovery"}
+COLORS = {"redis": "#d62728", "mesh": "#1f77b4", "mesh-csr": "#2ca02c"}
 
 
 @dataclass
@@ -87,11 +91,11 @@ def build_rows(results: Dict[str, Any]) -> List[Row]:
     """Rows for every node count, then the raw ceilings."""
     rows: List[Row] = []
     runs = results.get("runs", {})
-    node_counts = sorted({int(n) for m in MANAGERS for n in runs.get(m, {})})
+    node_counts = sorted({int(n) for m in COMPARED for n in runs.get(m, {})})
     for n in node_counts:
-        per = {m: runs.get(m, {}).get(str(n)) for m in MANAGERS}
+        per = {m: runs.get(m, {}).get(str(n)) for m in COMPARED}
         for metric, unit, better, path in METRICS:
-            vals = {m: _get(per[m], *path) for m in MANAGERS}
+            vals = {m: _get(per[m], *path) for m in COMPARED}
             if vals["redis"] is None and vals["mesh"] is None:
                 continue
             rows.append(Row(f"{n} nodes", metric, unit, better, vals["redis"], vals["mesh"]))
@@ -141,6 +145,180 @@ def render_table(rows: Sequence[Row], status: Dict[str, str]) -> str:
     return "\n".join(lines + [""] + notes)
 
 
+@dataclass
+class Extra:
+    """A meshadapter-only measurement against its own reference (second table)."""
+
+    group: str
+    metric: str
+    unit: str
+    value: Optional[float]
+    ref_label: str
+    ref: Optional[float]
+    ratio_label: str = "÷ ref"
+
+    @property
+    def ratio(self) -> Optional[float]:
+        if self.value is None or self.ref is None or self.ref == 0:
+            return None
+        return self.value / self.ref
+
+
+def _node_counts(runs: Dict[str, Any], m: str) -> List[int]:
+    return sorted(int(n) for n in runs.get(m, {}))
+
+
+def overhead(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Server CPU per broadcast vs the raw transport's pub+sub CPU per message.
+
+    Scenario: 2 nodes, 100 B to the room that lives on node 1 only, emitted
+    on node 0: one message crosses the transport and reaches one client,
+    the closest Socket.IO equivalent of the raw 1 publisher -> 1 subscriber
+    probe. ``per_core`` = messages per CPU-second.
+    """
+    runs, raw = results.get("runs", {}), results.get("raw", {})
+    out: Dict[str, Any] = {}
+    for m, rawkey in (("mesh", "zmq_asyncio"), ("mesh-csr", "zmq_asyncio"), ("redis", "redis")):
+        us = _get(runs.get(m, {}).get("2"), "throughput_100B_few", "cpu", "servers_us_per_msg")
+        raw_us = _get(raw, rawkey, "cpu_us_per_msg")
+        if us is None or raw_us is None:
+            continue
+        out[m] = {"server_us_per_msg": us, "raw": rawkey, "raw_us_per_msg": raw_us,
+                  "per_core_msg_s": round(1e6 / us, 1),
+                  "raw_per_core_msg_s": round(1e6 / raw_us, 1),
+                  "ratio": round(us / raw_us, 3)}
+    return out
+
+
+def build_extra_rows(results: Dict[str, Any]) -> List[Extra]:
+    """Recovery cost, forwarding, manager overhead vs the raw transport."""
+    rows: List[Extra] = []
+    runs = results.get("runs", {})
+    for n in _node_counts(runs, "mesh-csr"):
+        base, csr = runs.get("mesh", {}).get(str(n)), runs["mesh-csr"][str(n)]
+        g = f"{n} nodes, recovery on"
+        for key, label in (("throughput_100B_all", "throughput 100 B, room on all nodes"),
+                           ("throughput_10KB_all", "throughput 10 KB, room on all nodes"),
+                           ("throughput_100B_few", "throughput 100 B, room on 1 node")):
+            rows.append(Extra(g, label, "deliveries/s", _get(csr, key, "delivered_per_s"),
+                              "mesh", _get(base, key, "delivered_per_s")))
+        rows.append(Extra(g, "  100 B all, server CPU", "µs/msg",
+                          _get(csr, "throughput_100B_all", "cpu", "servers_us_per_msg"),
+                          "mesh", _get(base, "throughput_100B_all", "cpu", "servers_us_per_msg")))
+        rows.append(Extra(g, "broadcast latency p99, cross-node", "ms",
+                          _get(csr, "latency", "cross_node_ms", "p99"), "mesh",
+                          _get(base, "latency", "cross_node_ms", "p99")))
+        if n >= 3:
+            rows.append(Extra(g, "non-member node: broadcast frames in", "frames/msg",
+                              _get(csr, "throughput_100B_few", "non_member",
+                                   "broadcast_frames_per_msg"), "mesh",
+                              _get(base, "throughput_100B_few", "non_member",
+                                   "broadcast_frames_per_msg")))
+    fwd = results.get("forwarding")
+    if fwd:
+        for kind, label in (("post", "polling POST"), ("get", "polling GET (returns the ack)"),
+                            ("probe", "POST + GET probe")):
+            for q in ("p50", "p99"):
+                rows.append(Extra("2 nodes, sticky-free", f"{label} {q}, forwarded", "ms",
+                                  _get(fwd, "forwarded", kind, q), "local",
+                                  _get(fwd, "local", kind, q), "fwd ÷ local"))
+    for m, o in overhead(results).items():
+        raw_label = "pyzmq asyncio" if o["raw"] == "zmq_asyncio" else "redis-py pub/sub"
+        rows.append(Extra("2 nodes vs raw", f"{LABEL[m]}: server CPU per broadcast, room on 1 node",
+                          "µs/msg", o["server_us_per_msg"], f"raw {raw_label} pub+sub",
+                          o["raw_us_per_msg"]))
+    return rows
+
+
+def render_extra(rows: Sequence[Extra]) -> str:
+    if not rows:
+        return ""
+    lines = ["| setup | metric | unit | value | reference | ref value | ratio |",
+             "|---|---|---|---:|---|---:|---:|"]
+    for r in rows:
+        ratio = "–" if r.ratio is None else f"{r.ratio:.2f}× ({r.ratio_label})"
+        lines.append(f"| {r.group} | {r.metric} | {r.unit} | {_fmt(r.value)} | {r.ref_label} | "
+                     f"{_fmt(r.ref)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def build_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Issue #7/#8 targets, each with the measured value and met / not met."""
+    runs = results.get("runs", {})
+    out: List[Dict[str, Any]] = []
+    ns = sorted(set(_node_counts(runs, "mesh")) & set(_node_counts(runs, "redis")))
+
+    def ratios(path: Tuple[str, ...]) -> Dict[int, Optional[float]]:
+        res = {}
+        for n in ns:
+            a, b = _get(runs["mesh"][str(n)], *path), _get(runs["redis"][str(n)], *path)
+            res[n] = None if a is None or not b else round(a / b, 3)
+        return res
+
+    def add(target: str, measured: str, ok: Optional[bool]) -> None:
+        out.append({"target": target, "measured": measured,
+                    "status": "–" if ok is None else ("met" if ok else "NOT met")})
+
+    def fmt(d: Dict[int, Optional[float]]) -> str:
+        return ", ".join(f"{n}n {v:.2f}×" if v is not None else f"{n}n –" for n, v in d.items())
+
+    if ns:
+        for key, label in (("throughput_100B_all", "100 B"), ("throughput_10KB_all", "10 KB")):
+            r = ratios((key, "delivered_per_s"))
+            vals = [v for v in r.values() if v is not None]
+            add(f"broadcast throughput ≥ 3× AsyncRedisManager ({label}, room on all nodes)",
+                fmt(r), min(vals) >= 3 if vals else None)
+        r = ratios(("latency", "cross_node_ms", "p99"))
+        vals = [v for v in r.values() if v is not None]
+        add("cross-node broadcast p99 ≤ 0.5× AsyncRedisManager", fmt(r),
+            max(vals) <= 0.5 if vals else None)
+    nm = {n: _get(runs.get("mesh", {}).get(str(n)), "throughput_100B_few", "non_member",
+                  "broadcast_frames_per_msg") for n in _node_counts(runs, "mesh") if n >= 3}
+    nm_total = {n: _get(runs.get("mesh", {}).get(str(n)), "throughput_100B_few", "non_member",
+                        "frames_per_msg") for n in nm}
+    if nm:
+        vals = [v for v in nm.values() if v is not None]
+        add("zero broadcast traffic to non-member nodes",
+            "broadcast frames/msg " + ", ".join(f"{n}n {v}" for n, v in nm.items())
+            + "; all frames incl. heartbeats/room updates "
+            + ", ".join(f"{n}n {v}" for n, v in nm_total.items()),
+            all(v == 0 for v in vals) if vals else None)
+    fwd = results.get("forwarding")
+    if fwd:
+        d = fwd.get("forwarded_minus_local_ms", {})
+        post, get = _get(d, "post", "p50"), _get(d, "get", "p50")
+        add("sticky-free forwarded polling ≤ 1 ms over local at p50 (per request)",
+            f"POST +{_fmt(post)} ms, GET +{_fmt(get)} ms",
+            None if post is None or get is None else max(post, get) <= 1.0)
+    o = overhead(results).get("mesh")
+    if o:
+        add("manager overhead ≤ 2× raw pyzmq (CPU per message, 2 nodes, room on 1 node)",
+            f"{o['server_us_per_msg']} vs {o['raw_us_per_msg']} µs/msg = {o['ratio']:.2f}× "
+            f"({o['per_core_msg_s']:,.0f} vs {o['raw_per_core_msg_s']:,.0f} msg/s per core)",
+            o["ratio"] <= 2.0)
+    csr_ns = sorted(set(_node_counts(runs, "mesh-csr")) & set(_node_counts(runs, "mesh")))
+    if csr_ns:
+        slow = {}
+        for n in csr_ns:
+            a = _get(runs["mesh-csr"][str(n)], "throughput_100B_all", "delivered_per_s")
+            b = _get(runs["mesh"][str(n)], "throughput_100B_all", "delivered_per_s")
+            slow[n] = None if a is None or not b else round(1 - a / b, 3)
+        vals = [v for v in slow.values() if v is not None]
+        add("recovery on (recovery_window=60): broadcast throughput ≤ 20 % below mesh (100 B)",
+            ", ".join(f"{n}n {v * 100:+.0f} %" if v is not None else f"{n}n –"
+                      for n, v in slow.items()).replace("+-", "-") + " slower",
+            max(vals) <= 0.20 if vals else None)
+    return out
+
+
+def render_targets(targets: Sequence[Dict[str, Any]]) -> str:
+    if not targets:
+        return ""
+    lines = ["| target | measured | status |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {t['status']} |" for t in targets]
+    return "\n".join(lines)
+
+
 def write_json(results: Dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
@@ -163,7 +341,7 @@ def write_plots(results: Dict[str, Any], out: Path) -> List[Path]:
     if not managers:
         return []
     ns = sorted({int(n) for m in managers for n in runs[m]})
-    colors = {"redis": "#d62728", "mesh": "#1f77b4"}
+    colors = COLORS
     written: List[Path] = []
 
     def series(m: str, *path: Any) -> List[Optional[float]]:
@@ -244,4 +422,20 @@ def write_plots(results: Dict[str, Any], out: Path) -> List[Path]:
         ax.set_title("100 B message rate in Python on this machine")
         ax.set_ylabel("msg/s")
         save(fig, "raw.png")
+    fwd = results.get("forwarding")
+    if fwd:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        groups = [("post", "POST"), ("get", "GET (ack)"), ("probe", "POST + GET")]
+        for i, (path, color) in enumerate((("local", "#9ecae1"), ("forwarded", COLORS["mesh"]))):
+            for j, q in enumerate(("p50", "p99")):
+                xs = [k * 5 + i * 2 + j for k in range(len(groups))]
+                heights = [_get(fwd, path, key, q) or 0.0 for key, _ in groups]
+                ax.bar(xs, heights, 0.9, color=color, alpha=1.0 if q == "p50" else 0.55,
+                       label=f"{path} {q}")
+        ax.set_xticks([k * 5 + 1.5 for k in range(len(groups))])
+        ax.set_xticklabels([label for _, label in groups])
+        ax.set_ylabel("ms")
+        ax.set_title("sticky-free polling: session owner (local) vs another node (forwarded)")
+        ax.legend(fontsize=8)
+        save(fig, "forwarding.png")
     return written

@@ -22,11 +22,15 @@ from bench.clients import ClientPool, ClientSpec
 from bench.cluster import Cluster, RedisServer
 from bench.common import LOOPBACK, cpu_delta, cpu_snapshot, summarize_latencies
 
+#: Every scenario, in the order they run (``python -m bench --scenarios``).
+SCENARIOS = ("latency", "throughput_100B_all", "throughput_10KB_all", "throughput_100B_few",
+             "throughput_10KB_few", "ack")
+
 ROOM_ALL = "all"
 ROOM_FEW = "few"
 
 #: Message type under which each manager counts a cross-node broadcast.
-BROADCAST_TYPE = {"redis": "emit", "mesh": "broadcast"}
+BROADCAST_TYPE = {"redis": "emit", "mesh": "broadcast", "mesh-csr": "broadcast"}
 
 
 @dataclass
@@ -35,7 +39,7 @@ class Params:
 
     receivers_per_node: int = 1
     client_workers: int = 2
-    lat_count: int = 600
+    lat_count: int = 1500
     lat_rate: float = 300.0
     thr_duration: float = 3.0
     thr_max_small: int = 60_000
@@ -44,6 +48,8 @@ class Params:
     emit_concurrency: int = 1
     idle: float = 3.0
     startup_timeout: float = 30.0
+    #: Scenario names to run (empty: all of :data:`SCENARIOS`).
+    scenarios: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -257,14 +263,18 @@ async def ack_round_trip(ctx: Ctx) -> Dict[str, Any]:
 async def run_cluster(
     manager: str, n_nodes: int, params: Params, log_dir: Path, cwd: str, env: Dict[str, str],
     redis: Optional[RedisServer], log: Callable[[str], None],
+    profile: Optional[Dict[int, str]] = None,
 ) -> Dict[str, Any]:
-    """Start an ``n_nodes`` cluster of ``manager``, run every scenario, tear down."""
+    """Start an ``n_nodes`` cluster of ``manager``, run every scenario, tear down.
+
+    ``profile``: node index -> path; those nodes run under cProfile.
+    """
     cluster = Cluster(manager=manager, size=n_nodes, log_dir=log_dir, cwd=cwd, env=env,
-                      redis_url=redis.url if redis else "")
+                      redis_url=redis.url if redis else "", profile=dict(profile or {}))
     pool: Optional[ClientPool] = None
     try:
         await cluster.start(params.startup_timeout)
-        if manager == "mesh":
+        if manager != "redis":
             await cluster.wait_until(
                 lambda st: all(s["mgr"].get("peers") == n_nodes - 1 for s in st),
                 params.startup_timeout, f"{n_nodes - 1} mesh peers on every node")
@@ -299,6 +309,8 @@ async def run_cluster(
             ("ack", lambda: ack_round_trip(ctx)),
         ]
         for name, step in steps:
+            if params.scenarios and name not in params.scenarios:
+                continue
             log(f"  {manager} n={n_nodes}: {name} ...")
             out[name] = await step()
             log(f"  {manager} n={n_nodes}: {name}: {_one_line(out[name])}")

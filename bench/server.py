@@ -2,8 +2,9 @@
 
 The node runs a python-socketio ``AsyncServer`` under uvicorn on 127.0.0.1
 with either ``socketio.AsyncRedisManager`` (``--manager redis``) or
-``meshadapter.AsyncMeshManager`` (``--manager mesh``), plus a tiny JSON HTTP
-API used by the orchestrator:
+``meshadapter.AsyncMeshManager`` (``--manager mesh``; ``mesh-csr`` is the
+same with connection-state recovery on, ``recovery_window=60``), plus a tiny
+JSON HTTP API used by the orchestrator:
 
 ``GET /bench/stats``
     client count, members per joined room, manager readiness and counters
@@ -17,8 +18,9 @@ API used by the orchestrator:
     sequential ``sio.call()`` round trips to one sid (possibly on another
     node); returns the round-trip times.
 
-Socket.IO events: ``join`` (client asks to enter a room, acked with True)
-and the client acks ``ackme``. Payloads carry ``t`` = ``time.monotonic()``
+Socket.IO events: ``join`` (client asks to enter a room, acked with True),
+``echo`` (acked with its argument; used by the sticky-free forwarding probe,
+``bench/forwarding.py``) and the client acks ``ackme``. Payloads carry ``t`` = ``time.monotonic()``
 taken right before ``sio.emit()``.
 """
 
@@ -36,7 +38,15 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 import socketio
 import uvicorn
 
-from bench.common import ACK_EVENT, BENCH_EVENT, JOIN_EVENT, LOOPBACK, now, payload_padding
+from bench.common import (
+    ACK_EVENT,
+    BENCH_EVENT,
+    ECHO_EVENT,
+    JOIN_EVENT,
+    LOOPBACK,
+    now,
+    payload_padding,
+)
 
 Scope = Dict[str, Any]
 Receive = Callable[[], Awaitable[Dict[str, Any]]]
@@ -44,6 +54,10 @@ Send = Callable[[Dict[str, Any]], Awaitable[None]]
 
 #: Largest HTTP request body the bench API accepts.
 MAX_BODY = 1 << 20
+#: ``recovery_window`` (seconds) of the ``mesh-csr`` variant.
+CSR_WINDOW = 60.0
+#: Manager kinds this server can run.
+KINDS = ("redis", "mesh", "mesh-csr")
 
 
 class Counters:
@@ -142,7 +156,7 @@ class BenchNode:
         self.clients = 0
         self.room_names: Set[str] = set()
         self._register_handlers()
-        if self.kind == "mesh":
+        if self.kind != "redis":
             on_startup: Callable[[], Any] = self.manager.start
             on_shutdown: Callable[[], Any] = self.manager.close
         else:
@@ -162,6 +176,11 @@ class BenchNode:
             return CountingRedisManager(args.redis_url, channel=args.channel)
         import meshadapter  # imported lazily: the redis path must not need it
 
+        extra: Dict[str, Any] = {}
+        if args.manager == "mesh-csr":
+            extra["recovery_window"] = CSR_WINDOW
+        if args.sticky_free:
+            extra["sticky_free"] = True
         return meshadapter.AsyncMeshManager(
             cluster=args.cluster,
             discovery="static",
@@ -169,6 +188,7 @@ class BenchNode:
             host=LOOPBACK,
             port=args.mesh_port,
             node_id=f"n{args.node}",
+            **extra,
         )
 
     async def _redis_startup(self) -> None:
@@ -185,6 +205,7 @@ class BenchNode:
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on(JOIN_EVENT, self._on_join)
+        self.sio.on(ECHO_EVENT, self._on_echo)
 
     async def _on_connect(self, sid: str, environ: Dict[str, Any], auth: Any = None) -> None:
         self.clients += 1
@@ -197,6 +218,10 @@ class BenchNode:
         self.room_names.add(room)
         await self.sio.enter_room(sid, room)
         return True
+
+    async def _on_echo(self, sid: str, data: Any = None) -> Any:
+        """Acked ``echo`` event: answer with the argument (forwarding probe)."""
+        return data
 
     # -- stats ----------------------------------------------------------------
 
@@ -372,7 +397,10 @@ async def serve(args: argparse.Namespace) -> None:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--manager", choices=["redis", "mesh"], required=True)
+    p.add_argument("--manager", choices=list(KINDS), required=True)
+    p.add_argument("--sticky-free", action="store_true", help="mesh: sticky_free=True")
+    p.add_argument("--profile", default="",
+                   help="write a cProfile of the whole node run to this .pstats file on exit")
     p.add_argument("--node", type=int, default=0, help="node index (for stats and node_id)")
     p.add_argument("--port", type=int, required=True, help="HTTP/Socket.IO port on 127.0.0.1")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -387,10 +415,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    prof = None
+    if args.profile:
+        import cProfile
+        import signal
+
+        # uvicorn re-raises the SIGTERM it caught after its graceful shutdown;
+        # turn that into SystemExit so the profile below is still written.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        prof = cProfile.Profile()
+        prof.enable()
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:
         pass
+    finally:
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(args.profile)
     return 0
 
 
