@@ -146,6 +146,12 @@ async def chat_connect(sid: str, environ: dict[str, Any]) -> None:
     return None
 
 
+# -- sticky-free check (issue 4): the namespace `meshadapter check` drives ----
+from meshadapter.check import register as register_check  # noqa: E402
+
+register_check(sio)
+
+
 # -- HTTP ------------------------------------------------------------------
 _streams: set[asyncio.Task[None]] = set()
 

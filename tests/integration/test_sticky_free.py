@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import pytest
 import socketio
 
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import ROOT, Cluster
 from tests.support.procs import wait_until
 
 STICKY = {"MESHADAPTER_STICKY_FREE": "1"}
@@ -405,3 +405,38 @@ def test_sync_manager_polling(procs, haproxy_factory, sf_clients):
     assert result == {"bad_echo": [], "lost": {}, "dups": {}, "disconnects": {}}, result
     assert counters(cluster).get("sf_forwarded", 0) > 10
 
+
+
+# ----------------------------------------------------------------- CLI
+def _cli(*args: str, timeout: float = 120) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "meshadapter", *args], capture_output=True,
+                       text=True, timeout=timeout, cwd=str(ROOT))
+    return p.returncode, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("sticky", [True, False])
+def test_cli_check_against_cluster(procs, haproxy_factory, sticky):
+    cluster = start_cluster(procs, sticky=sticky)
+    lb = haproxy_factory([("127.0.0.1", n.port) for n in cluster.nodes])
+    wait_balanced(lb, cluster)
+    rc, out = _cli("check", lb.url, "--clients", "6", "--duration", "2", "--json")
+    report = json.loads(out[out.index("{"):])
+    if sticky:
+        assert rc == 0, out
+        assert report["connected"] == 6 and report["http_400"] == 0, report
+        assert report["upgrades_failed"] == 0 and report["upgrades_expected"] == 3, report
+        assert report["broadcasts"]["sent"] > 0 and report["broadcasts"]["lost"] == 0, report
+        assert report["acks"]["ok"] == report["acks"]["sent"] > 0, report
+        assert report["latency_ms"]["p50"] is not None
+    else:
+        assert rc == 1, out
+        assert report["http_400"] > 0 and report["connected"] < 6, report
+
+
+def test_cli_demo():
+    rc, out = _cli("demo", "--nodes", "3", "--clients", "4", "--duration", "2")
+    assert rc == 0, out
+    assert "RESULT             OK" in out and "haproxy" in out, out
