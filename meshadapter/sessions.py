@@ -127,6 +127,14 @@ class StickyFreeBase:
     def stats(self) -> dict[str, Any]:
         return {k: v for k, v in self.counters.items() if k.startswith("sf_")}
 
+    def _checked(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """Fail fast (the client gets a 400 and reconnects) rather than let
+        an answer larger than a mesh frame time out at the requester."""
+        if len(wire["b"]) > self.node.config.max_frame_bytes - 65536:
+            self.counters["sf_response_too_large"] += 1
+            raise ValueError(f"response of {len(wire['b'])} bytes exceeds max_frame_bytes")
+        return wire
+
 
 # ------------------------------------------------------------------ asyncio
 class _Tunnel:
@@ -424,7 +432,8 @@ class AsyncStickyFree(StickyFreeBase):
         await self.orig_handle(fwd)
         if fwd.response is None:
             raise RuntimeError("engine.io produced no response")
-        return httpfwd.response_to_wire(*fwd.response)
+        return self._checked(httpfwd.response_to_wire(*fwd.response))
+
 
     async def _serve_ws_open(self, msg: Message) -> dict[str, Any]:
         args = msg["args"]
@@ -595,7 +604,8 @@ class SyncStickyFree(StickyFreeBase):
                 body = self.orig_handle(environ, start_response)
                 if not status_headers:
                     raise RuntimeError("engine.io produced no response")
-                result = httpfwd.response_to_wire(status_headers[0], status_headers[1], body)
+                result = self._checked(
+                    httpfwd.response_to_wire(status_headers[0], status_headers[1], body))
                 loop.call_soon_threadsafe(settle, fut.set_result, result)
             except Exception as exc:  # noqa: BLE001 - the error travels back
                 loop.call_soon_threadsafe(settle, fut.set_exception, exc)
