@@ -268,3 +268,43 @@ def test_multi_worker_servers_attach(lab: Lab, clients: Any, server: str) -> Non
     for c in cs:
         assert c.wait_for("all") == [7]
     print(f"{server}: clients served by {len(served_by)} worker(s)")
+
+
+def test_sticky_free_polling_across_workers_and_hosts(lab: Lab, clients: Any) -> None:
+    """gunicorn -w 3 on one host, uvicorn --workers 3 on the other, a plain
+    round-robin haproxy in front of both: long-polling clients work although
+    their requests land on arbitrary workers of arbitrary hosts."""
+    from tests.support.services import start_haproxy
+
+    h1, h2 = lab.hosts
+    h1.start_sidecar()
+    h2.start_sidecar()
+    ports = []
+    for host, server in ((h1, "gunicorn"), (h2, "uvicorn")):
+        port = free_port()
+        env = host.worker_env(TEST_LOG_LEVEL="WARNING", MESHADAPTER_STICKY_FREE="1")
+        if server == "gunicorn":
+            args = [sys.executable, "-m", "gunicorn", "-w", "3", "-k",
+                    "uvicorn.workers.UvicornWorker", "--bind", f"127.0.0.1:{port}",
+                    "tests.apps.node_app:app"]
+        else:
+            args = [sys.executable, "-m", "uvicorn", "--workers", "3", "--host", "127.0.0.1",
+                    "--port", str(port), "tests.apps.node_app:app"]
+        proc = lab.group.spawn(args, env=env, name=server, cwd=str(ROOT))
+        wait_for_port("127.0.0.1", port, 30, proc=proc)
+        ports.append(port)
+    wait_until(lambda: peers(ports[0]) == 5 and peers(ports[1]) == 5, 30,
+               message="6 workers did not mesh")
+    lb = start_haproxy([("127.0.0.1", p) for p in ports], group=lab.group)
+    cs = [Client(lb.url, transports=["polling"]) for _ in range(6)]
+    clients.items.extend(cs)
+    for c in cs:
+        assert c.call("join", "poll") == "ok"
+    served = {c.call("whoami")["node"] for c in cs}
+    for i in range(5):
+        cs[i % len(cs)].call("emit", {"event": "p", "data": i, "room": "poll"})
+    for c in cs:
+        assert c.wait_for("p", 5, timeout=15) == list(range(5))
+        assert c.call("echo", {"x": 1}) == {"x": 1}
+        assert c.sio.connected
+    print(f"polling clients served by {len(served)} workers; all messages delivered")
