@@ -16,7 +16,8 @@ import asyncio
 import itertools
 import re
 from collections import defaultdict
-from typing import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, MutableMapping
+from typing import Callable
 
 import zmq
 import zmq.asyncio
@@ -264,7 +265,7 @@ class MeshSockets:
                 return
             try:
                 ev = parse_monitor_message(msg)
-            except Exception:  # noqa: BLE001 - malformed monitor frame: ignore
+            except Exception:  # noqa: BLE001, S112 - malformed monitor frame: ignore
                 continue
             ep = ev["endpoint"]
             self._on_event(side, int(ev["event"]),

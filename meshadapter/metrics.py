@@ -23,7 +23,7 @@ LATENCY_BUCKETS = (
 class Histogram:
     """A fixed-bucket histogram (Prometheus semantics: cumulative on export)."""
 
-    __slots__ = ("bounds", "counts", "count", "sum")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.bounds = bounds

@@ -28,9 +28,10 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import zmq
 import zmq.asyncio
@@ -142,7 +143,7 @@ class MeshSecurity:
         return self.own is not None
 
     @classmethod
-    def from_options(cls, secret: str = "", key_file: str = "") -> "MeshSecurity":
+    def from_options(cls, secret: str = "", key_file: str = "") -> MeshSecurity:
         """Build from the ``secret`` and ``key_file`` options (comma lists)."""
         pairs: list[KeyPair] = []
         for s in _split(secret):
@@ -240,7 +241,7 @@ class ZapHandler:
         """(status code, status text, user id) for one ZAP request body."""
         if len(frames) < 6 or frames[0] != b"1.0":
             return b"500", b"bad ZAP request", b""
-        domain, address, mechanism = frames[2], frames[3], frames[5]
+        domain, mechanism = frames[2], frames[5]
         if mechanism != b"CURVE" or domain != ZAP_DOMAIN:
             return b"400", b"CURVE required", b""
         creds = frames[6:]

@@ -84,7 +84,7 @@ def test_stalled_peer_cannot_exhaust_a_healthy_node(procs, clients):
         "MESHADAPTER_HEARTBEAT_INTERVAL": "1.0", "MESHADAPTER_HEARTBEAT_TIMEOUT": "120",
     }).start()
     c.wait_meshed()
-    n1, n2, n3 = c.nodes
+    n1, _, n3 = c.nodes
     c1, c2, c3 = (clients.connect(n) for n in c.nodes)
     c2.call("join", "big")
     c3.call("join", "big")

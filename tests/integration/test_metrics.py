@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 import uuid
+from typing import Any
 
 import pytest
 
@@ -55,9 +56,11 @@ def test_metrics_dict_and_prometheus_endpoint(procs, clients):
 async def test_threading_manager_joins_a_secured_mesh():
     """The sync MeshManager runs its node (and ZAP handler) on its own loop thread."""
     ports = [free_port(), free_port()]
-    common = dict(cluster="sec", discovery="static", host="127.0.0.1", secret=SECRET,
-                  peers=",".join(f"127.0.0.1:{p}" for p in ports),
-                  heartbeat_interval=0.2, heartbeat_timeout=0.8)
+    common: dict[str, Any] = {
+        "cluster": "sec", "discovery": "static", "host": "127.0.0.1", "secret": SECRET,
+        "peers": ",".join(f"127.0.0.1:{p}" for p in ports),
+        "heartbeat_interval": 0.2, "heartbeat_timeout": 0.8,
+    }
     a = MeshNode(MeshConfig.from_env({}, port=ports[0], node_id="a", **common))
     await a.start()
     mgr = MeshManager(write_only=True, port=ports[1], node_id="b", **common)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
 import time
 import uuid
+from collections import Counter
 
 import pytest
 
-from tests.integration.cluster import Cluster, Clients
+from tests.integration.cluster import Clients, Cluster
 from tests.integration.hostile import rss_kib
 from tests.support.procs import wait_until
 
