@@ -26,6 +26,7 @@ import errno
 import inspect
 import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -77,19 +78,46 @@ class ProcError(AssertionError):
 # --------------------------------------------------------------------------
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on *host* that was free a moment ago.
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
 
-    The kernel picks the port (bind to port 0).  There is an unavoidable race
-    between closing the probe socket and the real server binding the port;
-    on loopback inside the test network namespace this is negligible, and
-    helpers that start services retry on "address in use".
+
+_port_rng = random.Random()
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on *host* that is free now and stays likely free.
+
+    Ports are drawn *below* the kernel's ephemeral range, so that the
+    outgoing connections of every process in the test (which take ports
+    from that range) cannot grab a port between this probe and the moment a
+    server binds it; a port is never handed out twice in one run.  Bounded:
+    at most 2000 probes, then the kernel's choice.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+    lo, _hi = _ephemeral_range()
+    start, end = 10000, max(10001, lo - 1)
+    for _ in range(2000):
+        port = _port_rng.randint(start, end)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        fallback: int = s.getsockname()[1]
+        return fallback
 
 
 def _render(message: Message) -> str:
