@@ -43,7 +43,7 @@ def free_port() -> int:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
 class Http:
@@ -71,7 +71,7 @@ def start_nodes(n: int, *, env: dict[str, str] | None = None, cwd: str | None = 
                         MESHADAPTER_NODE_ID=f"fwd{i + 1}", MESHADAPTER_STICKY_FREE="1")
         out: Any = subprocess.DEVNULL
         if log_dir is not None:
-            out = open(os.path.join(str(log_dir), f"forwarding-node{i + 1}.log"), "wb")
+            out = open(os.path.join(str(log_dir), f"forwarding-node{i + 1}.log"), "wb")  # noqa: SIM115 - the child keeps it
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "meshadapter.demo_app", "--port", str(http_ports[i])],
             env=node_env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT))
@@ -113,7 +113,7 @@ def measure(ports: list[int], requests: int, duration: float | None = None) -> d
     returns an ack already being produced), ``probe`` (POST echo + that GET).
     """
     a, b = Http(ports[0]), Http(ports[1])
-    status, body = a.req("GET", "/socket.io/?EIO=4&transport=polling")
+    _, body = a.req("GET", "/socket.io/?EIO=4&transport=polling")
     sid = json.loads(body[1:])["sid"]
     q = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
     assert a.req("POST", q, f"40{NS},".encode())[0] == 200

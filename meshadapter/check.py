@@ -83,7 +83,7 @@ def _percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
 @dataclass
@@ -122,7 +122,7 @@ class CheckReport:
             out.append(f"{self.clients - self.connected} client(s) could not connect")
         if self.http_errors:
             out.append(f"{self.http_errors} HTTP error answer(s) "
-                       f"({dict((k, v) for k, v in self.http_status.items() if k >= 300)})")
+                       f"({ {k: v for k, v in self.http_status.items() if k >= 300} })")
         if self.upgrades_failed:
             out.append(f"{self.upgrades_failed} failed websocket upgrade(s)")
         if self.disconnects:
@@ -162,21 +162,21 @@ class CheckReport:
         d = self.as_dict()
         lat = d["latency_ms"]
         lines = [
-            f"meshadapter check {self.url}  ({self.clients} clients, transport={self.transport}, "
-            f"{self.elapsed_s:.1f} s)",
+            (f"meshadapter check {self.url}  ({self.clients} clients, "
+             f"transport={self.transport}, {self.elapsed_s:.1f} s)"),
             f"  connected          {self.connected}/{self.clients}",
             f"  HTTP 400           {self.http_400}   (all statuses: {d['http_status']})",
-            f"  upgrades           {self.upgrades_expected - self.upgrades_failed}"
-            f"/{self.upgrades_expected} ok",
+            (f"  upgrades           {self.upgrades_expected - self.upgrades_failed}"
+             f"/{self.upgrades_expected} ok"),
             f"  disconnects        {self.disconnects}",
         ]
         if self.app_support:
             lines += [
-                f"  broadcasts         {self.broadcasts_sent} sent, {self.broadcasts_expected} "
-                f"expected, {self.broadcasts_lost} lost, {self.broadcasts_duplicated} duplicated",
+                (f"  broadcasts         {self.broadcasts_sent} sent, {self.broadcasts_expected} "
+                 f"expected, {self.broadcasts_lost} lost, {self.broadcasts_duplicated} duplicated"),
                 f"  acks               {self.acks_ok}/{self.acks_sent} ok",
-                f"  ack latency (ms)   p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  "
-                f"max {lat['max']}",
+                (f"  ack latency (ms)   p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  "
+                 f"max {lat['max']}"),
             ]
         else:
             lines.append("  acks/broadcasts    not measured: the server does not register "
@@ -237,7 +237,7 @@ class _Probe:
                     self.sio._send_packet(self.sio.packet_class(socketio.packet.DISCONNECT,
                                                                 namespace=ns))
                 self.sio.eio.disconnect(abort=True)
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:  # noqa: BLE001, S110 - best effort
             pass
 
 
@@ -456,7 +456,7 @@ def run_demo(nodes: int = 3, clients: int = 6, duration: float = 5.0, transport:
                        MESHADAPTER_PEERS=peers, MESHADAPTER_HOST="127.0.0.1",
                        MESHADAPTER_PORT=str(mesh_ports[i]), MESHADAPTER_NODE_ID=f"demo{i + 1}",
                        MESHADAPTER_STICKY_FREE="1" if sticky_free else "0")
-            log = open(os.path.join(tmp.name, f"node{i + 1}.log"), "wb")
+            log = open(os.path.join(tmp.name, f"node{i + 1}.log"), "wb")  # noqa: SIM115
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "meshadapter.demo_app", "--port", str(http_ports[i])],
                 env=env, stdout=log, stderr=subprocess.STDOUT))

@@ -140,7 +140,7 @@ class StickyFreeBase:
 class _Tunnel:
     """One relayed websocket, seen from either end."""
 
-    def __init__(self, sf: "AsyncStickyFree", tid: str, peer: str) -> None:
+    def __init__(self, sf: AsyncStickyFree, tid: str, peer: str) -> None:
         self.sf = sf
         self.tid = tid
         self.peer = peer
@@ -192,7 +192,7 @@ class _Tunnel:
         if self.sf.node.running:
             try:
                 self.sf.node.send(MsgType.STREAM, {"sid": self.tid, "kind": "close"}, to=self.peer)
-            except Exception:  # noqa: BLE001 - closing anyway
+            except Exception:  # noqa: BLE001, S110 - closing anyway
                 pass
 
     def finish(self) -> None:
@@ -223,7 +223,7 @@ class _RelayTunnel(_Tunnel):
             self.sf.relays.pop(self.tid, None)
             try:
                 await ws.close()
-            except Exception:  # noqa: BLE001 - the client may be gone already
+            except Exception:  # noqa: BLE001, S110 - the client may be gone already
                 pass
 
     async def _client_to_owner(self, ws: Any) -> None:
@@ -245,7 +245,7 @@ class _OwnerTunnel(_Tunnel):
     """At the owner: a websocket object for engine.io's ``_websocket_handler``
     (``wait``/``send``/``close``, like the drivers' websocket classes)."""
 
-    def __init__(self, sf: "AsyncStickyFree", tid: str, peer: str) -> None:
+    def __init__(self, sf: AsyncStickyFree, tid: str, peer: str) -> None:
         super().__init__(sf, tid, peer)
         self.accepted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.idle = sf.forward_timeout()
@@ -337,7 +337,7 @@ class AsyncStickyFree(StickyFreeBase):
                     return await self._forward(owner, args, kwargs)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - never crash the web server
+                except Exception:
                     self.counters["sf_errors"] += 1
                     logger.exception("sticky-free forwarding failed")
                     raise
@@ -453,7 +453,8 @@ class AsyncStickyFree(StickyFreeBase):
         environ[TUNNEL_KEY] = tunnel
         self.owned[(msg.src, tid)] = tunnel
         task = asyncio.ensure_future(self._run_tunnel(fwd, tunnel))
-        await asyncio.wait({task, tunnel.accepted}, timeout=TUNNEL_OPEN_TIMEOUT,
+        waiters: set[asyncio.Future[Any]] = {task, tunnel.accepted}
+        await asyncio.wait(waiters, timeout=TUNNEL_OPEN_TIMEOUT,
                            return_when=asyncio.FIRST_COMPLETED)
         if tunnel.accepted.done():
             return {"accepted": True}
@@ -469,7 +470,7 @@ class AsyncStickyFree(StickyFreeBase):
             await self.orig_handle(fwd)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.counters["sf_errors"] += 1
             logger.exception("tunnelled websocket failed")
         finally:
@@ -503,10 +504,10 @@ class AsyncStickyFree(StickyFreeBase):
                 self.counters["sf_tunnels_owner_gone"] += 1
                 t.close_sent = True  # nobody to tell
                 t.finish()
-        for key, t in list(self.owned.items()):
-            if t.peer == node_id:
-                t.close_sent = True
-                t.finish()
+        for key, o in list(self.owned.items()):
+            if o.peer == node_id:
+                o.close_sent = True
+                o.finish()
                 self.owned.pop(key, None)
 
     def stats(self) -> dict[str, Any]:
@@ -539,7 +540,7 @@ class SyncStickyFree(StickyFreeBase):
             return self.orig_handle(environ, start_response)
         try:
             status, headers, body = self._forward(owner, environ)
-        except Exception:  # noqa: BLE001 - answer rather than crash the worker
+        except Exception:
             self.counters["sf_errors"] += 1
             logger.exception("sticky-free forwarding failed")
             status, headers, body = httpfwd.error_response(500, "forwarding failed")

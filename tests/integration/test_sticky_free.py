@@ -19,7 +19,8 @@ import threading
 import time
 import urllib.parse
 from collections import defaultdict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import socketio
@@ -86,7 +87,7 @@ class SFClient:
                 self.sio.eio.disconnect(abort=True)
             else:
                 self.sio.shutdown()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110
             pass
 
 
@@ -413,7 +414,7 @@ def _cli(*args: str, timeout: float = 120) -> tuple[int, str]:
     import sys
 
     p = subprocess.run([sys.executable, "-m", "meshadapter", *args], capture_output=True,
-                       text=True, timeout=timeout, cwd=str(ROOT))
+                       text=True, timeout=timeout, cwd=str(ROOT), check=False)
     return p.returncode, p.stdout + p.stderr
 
 

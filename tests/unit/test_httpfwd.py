@@ -140,7 +140,7 @@ def test_response_from_wire_rejects(bad: object) -> None:
 
 
 def test_error_response_looks_like_engineio() -> None:
-    status, headers, body = httpfwd.error_response(400, "Invalid session")
+    status, _, body = httpfwd.error_response(400, "Invalid session")
     assert status.startswith("400 ") and body == b'"Invalid session"'
 
 
@@ -171,7 +171,7 @@ def test_peek_query() -> None:
         query_string = "sid=x.y"
 
     class Tornado:
-        class request:  # noqa: N801
+        class request:
             query = "sid=t.u"
 
     assert peek_query((AioRequest(),)) == "sid=x.y"
