@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import io
 import urllib.parse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 METHODS = ("GET", "POST", "OPTIONS")
 MAX_HEADERS = 100
