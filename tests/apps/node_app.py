@@ -246,7 +246,9 @@ def main() -> None:
         return
     import uvicorn
 
+    # Held long-polls would keep a graceful shutdown waiting for pingInterval.
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning",
+                timeout_graceful_shutdown=1,
                 lifespan="on")
 
 

@@ -657,9 +657,20 @@ class ProcGroup:
         do not stop the loop: every member gets its chance to be stopped.
         """
         problems: list[str] = []
-        for proc in reversed(self.procs):
+        members = list(reversed(self.procs))
+        # Signal everyone first so their graceful shutdowns overlap, then
+        # wait for each (the total stays near *timeout*, not N x timeout).
+        for proc in members:
             try:
-                proc.terminate(timeout=timeout)
+                if proc.started and proc.poll() is None:
+                    proc.send_signal(signal.SIGCONT)
+                    proc.send_signal(signal.SIGTERM)
+            except Exception:  # noqa: BLE001 -- terminate() below retries
+                pass
+        deadline = time.monotonic() + timeout
+        for proc in members:
+            try:
+                proc.terminate(timeout=max(0.1, deadline - time.monotonic()))
             except Exception as exc:  # noqa: BLE001 -- keep stopping the others
                 problems.append(f"{proc.name}: {exc}")
         return problems
