@@ -175,7 +175,7 @@ class MdnsDiscovery(Discovery):
 
     async def _register(self) -> None:
         try:
-            await (await self._zc.async_register_service(self._info))  # type: ignore[attr-defined]
+            await (await self._zc.async_register_service(self._info))  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - zeroconf raises many kinds
             logger.error("mDNS registration of %s failed: %s", self.endpoint, exc)
 

@@ -109,7 +109,7 @@ class MeshSockets:
         else:
             self.port = self.sub.bind_to_random_port(f"tcp://{bind_host}")
         # The PUB is used synchronously from the event loop thread only.
-        self.pub = zmq.Context.shadow(self.ctx.underlying).socket(zmq.PUB)
+        self.pub: zmq.Socket[bytes] = zmq.Context.shadow(self.ctx.underlying).socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, send_hwm or hwm)
         self.pub.setsockopt(zmq.LINGER, 500)
         self.pub.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -139,7 +139,7 @@ class MeshSockets:
             m.connect(addr)
             self._monitors.append((name, m))
         # Non-blocking drains use a synchronous shadow: no future per frame.
-        self._sub_sync = zmq.Socket.shadow(self.sub.underlying)
+        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.sub.underlying)
         self.endpoints: set[str] = set()
         self._closed = False
 

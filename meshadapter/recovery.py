@@ -232,7 +232,7 @@ class RecoveryMixin:
         self._disc_reason: dict[tuple[str, str], str] = {}
         #: Restored sessions between pre_connect and their CONNECT reply: live
         #: packets wait here so they follow the missed ones, in order.
-        self._missed: dict[tuple[str, str], list[tuple[str, list[Any]]]] = {}
+        self._missed: dict[tuple[str, str], dict[str, Any]] = {}
         self._relocated: set[tuple[str, str]] = set()
         self._shadow_origin: dict[str, str] = {}  # pid -> node that sent the state
         self._csr_task: asyncio.Task[None] | None = None
@@ -349,7 +349,7 @@ class RecoveryMixin:
         if rooms is None:
             return {n for (ns, _r), nodes in m._index.items() if ns == backup_ns(namespace)
                     for n in nodes}
-        return m.nodes_for(backup_ns(namespace), rooms)
+        return set(m.nodes_for(backup_ns(namespace), rooms))
 
     # -- session lifecycle on the owner --------------------------------------------
     def _csr_new_buffer(self) -> Buffer:
@@ -358,7 +358,7 @@ class RecoveryMixin:
     async def _csr_pre_connect(self, eio_sid: str, namespace: str) -> str | None:
         """Register a connection; for a recovered one, with its old sid and rooms."""
         record = self._restoring.get((eio_sid, namespace))
-        sid = record["sid"] if record else self.server.eio.generate_id()
+        sid: str = record["sid"] if record else self.server.eio.generate_id()
         try:
             self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - bidict's ValueDuplicationError: already connected

@@ -81,7 +81,7 @@ class Sidecar:
         # One asyncio context (for the ZAP handler task) and a synchronous
         # shadow of it for the proxy thread: same libzmq context, same ZAP.
         self.actx = zmq.asyncio.Context()
-        self.ctx = zmq.Context.shadow(self.actx.underlying)
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(self.actx.underlying)
         self.security = MeshSecurity.from_options(config.secret, config.key_file)
         self.zap: ZapHandler | None = None
         self._zap_task: asyncio.Task[None] | None = None
@@ -276,7 +276,7 @@ class Sidecar:
             return
         if isinstance(obj, dict) and obj.get("t") == 1 and obj.get("v") == 1:
             ep = obj.get("ep")
-            if valid_endpoint(ep) and ep not in self.connected:
+            if isinstance(ep, str) and valid_endpoint(ep) and ep not in self.connected:
                 self._connect(ep)
 
 
@@ -302,13 +302,13 @@ class SidecarLink:
         self.sub.setsockopt(zmq.SUBSCRIBE, node_topic(node_id))
         self.token.apply_client(self.sub)
         self.sub.connect(ep_out)
-        self.pub = zmq.Context.shadow(self.ctx.underlying).socket(zmq.PUB)
+        self.pub: zmq.Socket[bytes] = zmq.Context.shadow(self.ctx.underlying).socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, hwm)
         self.pub.setsockopt(zmq.LINGER, 500)
         self.pub.setsockopt(zmq.RECONNECT_IVL, 100)
         self.token.apply_client(self.pub)
         self.pub.connect(ep_in)
-        self._sub_sync = zmq.Socket.shadow(self.sub.underlying)
+        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.sub.underlying)
         self.endpoints: set[str] = set()
         self.ready_out: set[str] = set()
         self.port = 0
