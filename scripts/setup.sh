@@ -68,6 +68,8 @@ fi
 say "python: $PYTHON -m pip install -e '.[test]'"
 "$PYTHON" --version
 "$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore --no-input -q -e '.[test]'
+# pyenv only sees the new `meshadapter` console script after a rehash.
+if have pyenv; then pyenv rehash || true; fi
 
 # ---------------------------------------------------------------- node
 say "node: socket.io-client for tests/js"
