@@ -39,7 +39,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--nodes", default=None,
                    help="comma-separated node counts (default 2,4,8; --quick: 3)")
     p.add_argument("--managers", default="redis,mesh,mesh-csr",
-                   help="comma list of: redis, mesh, mesh-csr (mesh with recovery_window=60)")
+                   help="comma list of: redis, mesh, mesh-csr (mesh with recovery_window=60), "
+                        "mesh-csr-r0 (the same with recovery_replicas=0)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
     p.add_argument("--receivers-per-node", type=int, default=1)
     p.add_argument("--client-workers", type=int, default=2,
@@ -155,6 +156,7 @@ async def run(args: argparse.Namespace) -> int:
             "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
             "versions": _versions(),
             "loadavg_start": _loadavg(),
+            "git": _git_state(),
         },
         "raw": {}, "runs": {m: {} for m in managers}, "status": status, "errors": {},
         "forwarding": None, "profiles": {},
@@ -256,6 +258,19 @@ async def run(args: argparse.Namespace) -> int:
         for p in report.write_plots(results, out):
             print(f"plot: {p}")
     return 1 if failed else 0
+
+
+def _git_state() -> str:
+    """Commit under test, and whether meshadapter/ had uncommitted edits."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(REPO),
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "meshadapter"],
+                               cwd=str(REPO), capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return f"{head}{' + uncommitted meshadapter/ edits' if dirty else ''}"
 
 
 def _loadavg() -> str:

@@ -16,6 +16,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 LOOPBACK = "127.0.0.1"
 
+#: Key of the whole machine's busy CPU-seconds in a :func:`cpu_snapshot`.
+MACHINE = "_machine"
+
 #: Socket.IO event used for every benchmark broadcast.
 BENCH_EVENT = "bench"
 #: Socket.IO event the server emits with a callback for the ack round trip.
@@ -91,7 +94,23 @@ def cpu_snapshot(pids: Dict[str, int]) -> Dict[str, float]:
         value = proc_cpu_seconds(pid)
         if value is not None:
             out[name] = value
+    busy = machine_busy_seconds()
+    if busy is not None:
+        out[MACHINE] = busy
     return out
+
+
+def machine_busy_seconds() -> Optional[float]:
+    """CPU-seconds all CPUs of the machine spent not idle so far (from /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user/nice
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_delta(before: Dict[str, float], after: Dict[str, float]) -> Dict[str, float]:

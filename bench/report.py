@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 #: Every manager kind ``--managers`` accepts; the main table compares the first two.
-MANAGERS = ("redis", "mesh", "mesh-csr")
+MANAGERS = ("redis", "mesh", "mesh-csr", "mesh-csr-r0")
 COMPARED = ("redis", "mesh")
 LABEL = {"redis": "AsyncRedisManager", "mesh": "meshadapter",
-         "mesh-csr": "meshadapter + recovery"}
-COLORS = {"redis": "#d62728", "mesh": "#1f77b4", "mesh-csr": "#2ca02c"}
+         "mesh-csr": "meshadapter + recovery", "mesh-csr-r0": "meshadapter + recovery, 0 replicas"}
+COLORS = {"redis": "#d62728", "mesh": "#1f77b4", "mesh-csr": "#2ca02c", "mesh-csr-r0": "#98df8a"}
 
 
 @dataclass
@@ -60,6 +60,8 @@ def _get(d: Any, *path: Any) -> Optional[float]:
 METRICS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
     ("broadcast latency p50, cross-node", "ms", "lower", ("latency", "cross_node_ms", "p50")),
     ("broadcast latency p99, cross-node", "ms", "lower", ("latency", "cross_node_ms", "p99")),
+    ("  floor: same-node p50 (no manager hop)", "ms", "lower", ("latency", "local_ms", "p50")),
+    ("  floor: same-node p99 (no manager hop)", "ms", "lower", ("latency", "local_ms", "p99")),
     ("throughput 100 B, room on all nodes", "deliveries/s", "higher",
      ("throughput_100B_all", "delivered_per_s")),
     ("  same, broadcasts fully delivered", "msg/s", "higher",
@@ -194,9 +196,9 @@ def build_extra_rows(results: Dict[str, Any]) -> List[Extra]:
     """Recovery cost, forwarding, manager overhead vs the raw transport."""
     rows: List[Extra] = []
     runs = results.get("runs", {})
-    for n in _node_counts(runs, "mesh-csr"):
-        base, csr = runs.get("mesh", {}).get(str(n)), runs["mesh-csr"][str(n)]
-        g = f"{n} nodes, recovery on"
+    for kind, n in [(k, n) for k in ("mesh-csr", "mesh-csr-r0") for n in _node_counts(runs, k)]:
+        base, csr = runs.get("mesh", {}).get(str(n)), runs[kind][str(n)]
+        g = f"{n} nodes, recovery on" + (", 0 replicas" if kind == "mesh-csr-r0" else "")
         for key, label in (("throughput_100B_all", "throughput 100 B, room on all nodes"),
                            ("throughput_10KB_all", "throughput 10 KB, room on all nodes"),
                            ("throughput_100B_few", "throughput 100 B, room on 1 node")):
@@ -222,6 +224,7 @@ def build_extra_rows(results: Dict[str, Any]) -> List[Extra]:
                 rows.append(Extra("2 nodes, sticky-free", f"{label} {q}, forwarded", "ms",
                                   _get(fwd, "forwarded", kind, q), "local",
                                   _get(fwd, "local", kind, q), "fwd ÷ local"))
+    rows = [r for r in rows if r.value is not None or r.ref is not None]
     for m, o in overhead(results).items():
         raw_label = "pyzmq asyncio" if o["raw"] == "zmq_asyncio" else "redis-py pub/sub"
         rows.append(Extra("2 nodes vs raw", f"{LABEL[m]}: server CPU per broadcast, room on 1 node",
@@ -350,21 +353,25 @@ def write_plots(results: Dict[str, Any], out: Path) -> List[Path]:
     def save(fig: Any, name: str) -> None:
         p = out / name
         fig.tight_layout()
-        fig.savefig(p, dpi=110)
+        fig.savefig(p, dpi=100)
         plt.close(fig)
         written.append(p)
 
     def bars(ax: Any, key: Callable[[str], List[Optional[float]]], title: str, unit: str) -> None:
         width = 0.8 / len(managers)
         for i, m in enumerate(managers):
-            ys = [y if y is not None else 0 for y in key(m)]
+            raw_ys = key(m)
+            ys = [y if y is not None else 0 for y in raw_ys]
             xs = [j + i * width for j in range(len(ns))]
-            ax.bar(xs, ys, width, label=LABEL[m], color=colors[m])
+            bc = ax.bar(xs, ys, width, label=LABEL[m], color=colors[m])
+            ax.bar_label(bc, labels=["n/a" if y is None else _fmt(y) for y in raw_ys],
+                         fontsize=6.5, padding=1)
         ax.set_xticks([j + width * (len(managers) - 1) / 2 for j in range(len(ns))])
         ax.set_xticklabels([f"{n} nodes" for n in ns])
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
-        ax.legend()
+        ax.set_ylim(0, (ax.get_ylim()[1] or 1) * 1.3)  # room for the legend
+        ax.legend(fontsize=7.5, loc="upper left")
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     bars(axes[0], lambda m: series(m, "latency", "cross_node_ms", "p50"),
@@ -387,8 +394,8 @@ def write_plots(results: Dict[str, Any], out: Path) -> List[Path]:
         ax.set_xlabel("server nodes")
         ax.set_xticks(ns)
         ax.set_ylabel("client deliveries / s")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # room for the legend above the lines
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     save(fig, "throughput.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -400,7 +407,7 @@ def write_plots(results: Dict[str, Any], out: Path) -> List[Path]:
 
     raw = results.get("raw", {})
     if raw:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
+        fig, ax = plt.subplots(figsize=(11, 4.8))
         labels, vals, cols = [], [], []
         for key, label, color in (("zmq", "pyzmq PUB/SUB", colors["mesh"]),
                                   ("zmq_asyncio", "pyzmq PUB/SUB\n(zmq.asyncio)", "#6baed6"),
@@ -414,10 +421,12 @@ def write_plots(results: Dict[str, Any], out: Path) -> List[Path]:
             best = max((v for v in series(m, "throughput_100B_all", "broadcasts_per_s")
                         if v is not None), default=None)
             if best is not None:
-                labels.append(f"{LABEL[m]}\n(Socket.IO broadcasts)")
+                labels.append(LABEL[m].replace(" + ", "\n+ ") + "\n(Socket.IO bcast)")
                 vals.append(best)
                 cols.append(colors[m])
-        ax.bar(labels, vals, color=cols)
+        bc = ax.bar(labels, vals, color=cols)
+        ax.bar_label(bc, labels=[f"{v:,.0f}" for v in vals], fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_yscale("log")
         ax.set_title("100 B message rate in Python on this machine")
         ax.set_ylabel("msg/s")

@@ -13,6 +13,7 @@ JSON-able dict.
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from bench.clients import ClientPool, ClientSpec
 from bench.cluster import Cluster, RedisServer
-from bench.common import LOOPBACK, cpu_delta, cpu_snapshot, summarize_latencies
+from bench.common import LOOPBACK, MACHINE, cpu_delta, cpu_snapshot, summarize_latencies
 
 #: Every scenario, in the order they run (``python -m bench --scenarios``).
 SCENARIOS = ("latency", "throughput_100B_all", "throughput_10KB_all", "throughput_100B_few",
@@ -30,7 +31,8 @@ ROOM_ALL = "all"
 ROOM_FEW = "few"
 
 #: Message type under which each manager counts a cross-node broadcast.
-BROADCAST_TYPE = {"redis": "emit", "mesh": "broadcast", "mesh-csr": "broadcast"}
+BROADCAST_TYPE = {"redis": "emit", "mesh": "broadcast", "mesh-csr": "broadcast",
+                  "mesh-csr-r0": "broadcast"}
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Ctx:
         pids.update(self.pool.pids)
         if self.redis is not None and self.redis.proc is not None:
             pids["redis"] = self.redis.proc.pid
+        pids["orchestrator"] = os.getpid()
         return pids
 
     def members(self, room: str) -> List[ClientSpec]:
@@ -89,6 +92,8 @@ def build_layout(urls: List[str], receivers_per_node: int) -> List[ClientSpec]:
 
 
 def _cpu_report(delta: Dict[str, float], window: float, messages: int) -> Dict[str, Any]:
+    delta = dict(delta)
+    machine = delta.pop(MACHINE, None)
     servers = {k: v for k, v in delta.items() if k.startswith("node")}
     clients = sum(v for k, v in delta.items() if k.startswith("clients"))
     total_servers = sum(servers.values())
@@ -100,6 +105,10 @@ def _cpu_report(delta: Dict[str, float], window: float, messages: int) -> Dict[s
         "redis_s": delta.get("redis"),
         "servers_us_per_msg": round(total_servers / messages * 1e6, 1) if messages else None,
         "machine_util": round(sum(delta.values()) / window, 3) if window > 0 else None,
+        # CPU the rest of the machine (not this benchmark's processes) used meanwhile:
+        # other people's work, plus the orchestrator and kernel threads.
+        "foreign_cpu_s": (round(max(0.0, machine - sum(delta.values())), 3)
+                          if machine is not None else None),
     }
 
 

@@ -3,7 +3,8 @@
 The node runs a python-socketio ``AsyncServer`` under uvicorn on 127.0.0.1
 with either ``socketio.AsyncRedisManager`` (``--manager redis``) or
 ``meshadapter.AsyncMeshManager`` (``--manager mesh``; ``mesh-csr`` is the
-same with connection-state recovery on, ``recovery_window=60``), plus a tiny
+same with connection-state recovery on, ``recovery_window=60``, and
+``mesh-csr-r0`` the same with ``recovery_replicas=0``), plus a tiny
 JSON HTTP API used by the orchestrator:
 
 ``GET /bench/stats``
@@ -57,7 +58,7 @@ MAX_BODY = 1 << 20
 #: ``recovery_window`` (seconds) of the ``mesh-csr`` variant.
 CSR_WINDOW = 60.0
 #: Manager kinds this server can run.
-KINDS = ("redis", "mesh", "mesh-csr")
+KINDS = ("redis", "mesh", "mesh-csr", "mesh-csr-r0")
 
 
 class Counters:
@@ -177,8 +178,10 @@ class BenchNode:
         import meshadapter  # imported lazily: the redis path must not need it
 
         extra: Dict[str, Any] = {}
-        if args.manager == "mesh-csr":
+        if args.manager.startswith("mesh-csr"):
             extra["recovery_window"] = CSR_WINDOW
+        if args.manager == "mesh-csr-r0":  # the owner's buffer only, no replica node
+            extra["recovery_replicas"] = 0
         if args.sticky_free:
             extra["sticky_free"] = True
         return meshadapter.AsyncMeshManager(
