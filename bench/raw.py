@@ -284,15 +284,17 @@ async def raw_redis(url: str, count: int, size: int, timeout: float, cwd: str,
                     env: Dict[str, str]) -> Dict[str, Any]:
     """redis pub/sub ceiling (see module doc)."""
     channel = "bench-raw"
+    # The subscriber outlives the publisher's time cap, so a publisher stopped by
+    # its deadline is still drained completely.
     sub = await _Child.start(["redis-sub", "--url", url, "--channel", channel,
-                              "--count", str(count), "--timeout", str(timeout)], cwd, env)
+                              "--count", str(count), "--timeout", str(timeout + 5)], cwd, env)
     pub: Optional[_Child] = None
     try:
         await sub.line(timeout)  # READY: subscription confirmed by Redis
         pub = await _Child.start(["redis-pub", "--url", url, "--channel", channel,
                                   "--count", str(count), "--size", str(size),
                                   "--timeout", str(timeout)], cwd, env)
-        p, s = await asyncio.gather(pub.line(timeout + 10), sub.line(timeout + 10))
+        p, s = await asyncio.gather(pub.line(timeout + 10), sub.line(timeout + 15))
         return _rate(p, s)
     finally:
         for c in (sub, pub):
