@@ -21,6 +21,13 @@ from .sync_manager import MeshManager
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncMeshManager", "AsyncRemoteSocket", "BroadcastAckTimeout", "MeshConfig", "MeshManager",
-    "MeshTimeoutError", "NodeResponses", "RemoteSocket", "__version__",
+    "AsyncMeshManager",
+    "AsyncRemoteSocket",
+    "BroadcastAckTimeout",
+    "MeshConfig",
+    "MeshManager",
+    "MeshTimeoutError",
+    "NodeResponses",
+    "RemoteSocket",
+    "__version__",
 ]

@@ -44,9 +44,9 @@ class MeshManagerBase:
         self.node = MeshNode(self.config, logger_=logger)
         self.node.client_count = self._client_count
         # ack id -> (callback, origin node that must answer, created at)
-        self._remote_callbacks: collections.OrderedDict[int, tuple[Callable[..., Any], str, float]] = (
-            collections.OrderedDict()
-        )
+        self._remote_callbacks: collections.OrderedDict[
+            int, tuple[Callable[..., Any], str, float]
+        ] = collections.OrderedDict()
         self._next_cb = 0
         self.node.add_listener(self._on_peer_event)
 
@@ -66,7 +66,9 @@ class MeshManagerBase:
     def _client_count(self) -> int:
         return sum(len(ns.get(None, ())) for ns in self.rooms.values())
 
-    def basic_enter_room(self, sid: str, namespace: str, room: Room, eio_sid: str | None = None) -> None:
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: Room, eio_sid: str | None = None
+    ) -> None:
         new = room not in self.rooms.get(namespace, {})
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
         if new and room != sid:
@@ -121,7 +123,9 @@ class MeshManagerBase:
     def _packet_class(self) -> Any:
         return self.server.packet_class if self.server is not None else sio_packet.Packet
 
-    def _encode(self, event: str, data: Any, namespace: str, offset: str | None = None) -> list[Any]:
+    def _encode(
+        self, event: str, data: Any, namespace: str, offset: str | None = None
+    ) -> list[Any]:
         """Encode the Socket.IO EVENT packet once, for every node and client.
 
         ``offset`` (connection-state recovery) goes last, as Socket.IO does.
@@ -165,11 +169,20 @@ class MeshManagerBase:
         return list(room) if isinstance(room, (list, tuple, set)) else [room]
 
     def _broadcast_body(
-        self, namespace: str, room: Any, skip: list[str], parts: list[Any], ack: int | None = None,
+        self,
+        namespace: str,
+        room: Any,
+        skip: list[str],
+        parts: list[Any],
+        ack: int | None = None,
         off: str | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"nsp": namespace, "rooms": self._room_list(room), "skip": skip,
-                                "pkt": parts}
+        body: dict[str, Any] = {
+            "nsp": namespace,
+            "rooms": self._room_list(room),
+            "skip": skip,
+            "pkt": parts,
+        }
         if ack is not None:
             body["ack"] = ack
         if off is not None:
@@ -217,7 +230,9 @@ class MeshManagerBase:
         return self.node.node_id
 
 
-def iter_skip(participants: Iterable[tuple[str, str]], skip: list[str]) -> Iterable[tuple[str, str]]:
+def iter_skip(
+    participants: Iterable[tuple[str, str]], skip: list[str]
+) -> Iterable[tuple[str, str]]:
     if not skip:
         return participants
     s = set(skip)

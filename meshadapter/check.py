@@ -9,8 +9,12 @@ broadcasts through your own balancer::
 
 Its events: ``join(room)`` (enter a room), ``echo(data)`` (acked with the
 same data), ``publish({room, seq})`` (the server emits ``bcast {seq}`` to the
-room -- across the mesh).  Without it the check still measures connects,
-HTTP errors and upgrades.
+room -- across the mesh), ``ready({room, sids})`` (true once this node's
+routing sends broadcasts for the room to the node of every listed Engine.IO
+session: a join on node B reaches node A's routing one mesh hop after B
+acked it, and the numbered stream starts only when every client's node says
+ready).  Without it the check still measures connects, HTTP errors and
+upgrades.
 
 Client side: :func:`run_check` drives real python-socketio clients (threads)
 against a URL and returns a :class:`CheckReport`: connected, HTTP 400s (and
@@ -36,9 +40,37 @@ from typing import Any
 CHECK_NAMESPACE = "/meshadapter-check"
 MAX_CLIENTS = 1000
 MAX_DURATION = 3600.0
+#: Seconds every client's room join may take to reach every node's routing.
+READY_TIMEOUT = 10.0
 
 
 # ------------------------------------------------------------------ server
+def routing_missing(sio: Any, namespace: str, room: str, sids: Any) -> list[str]:
+    """The Engine.IO sids (of ``sids``) whose node this server's manager
+    would not yet send a broadcast to ``room`` to; [] when all are covered.
+
+    Only meaningful with a meshadapter manager (sids tagged with their node);
+    for any other manager nothing is known to be missing.
+    """
+    from .membership import tag_of
+
+    mgr = getattr(sio, "manager", None)
+    node = getattr(mgr, "node", None)
+    membership = getattr(node, "membership", None)
+    if node is None or membership is None or not isinstance(sids, list):
+        return []
+    hosts = membership.nodes_for(namespace, [room])
+    missing = []
+    for sid in sids[:MAX_CLIENTS]:
+        tag = tag_of(sid)
+        if tag is None or tag == node.tag:
+            continue  # not a meshadapter sid, or a session of this node (joins are local)
+        owner = membership.node_for_tag(tag)
+        if owner is None or owner not in hosts:
+            missing.append(str(sid)[:100])
+    return missing
+
+
 def register(sio: Any, namespace: str = CHECK_NAMESPACE) -> None:
     """Add the check namespace to a ``socketio.AsyncServer`` or ``socketio.Server``."""
     import socketio
@@ -57,7 +89,11 @@ def register(sio: Any, namespace: str = CHECK_NAMESPACE) -> None:
                            namespace=namespace)
             return "ok"
 
-        handlers: dict[str, Any] = {"join": a_join, "echo": a_echo, "publish": a_publish}
+        async def a_ready(sid: str, req: Any) -> Any:
+            return _ready_answer(sio, namespace, req)
+
+        handlers: dict[str, Any] = {"join": a_join, "echo": a_echo, "publish": a_publish,
+                                    "ready": a_ready}
     else:
 
         def s_join(sid: str, room: Any) -> str:
@@ -72,10 +108,20 @@ def register(sio: Any, namespace: str = CHECK_NAMESPACE) -> None:
                      namespace=namespace)
             return "ok"
 
-        handlers = {"join": s_join, "echo": s_echo, "publish": s_publish}
+        def s_ready(sid: str, req: Any) -> Any:
+            return _ready_answer(sio, namespace, req)
+
+        handlers = {"join": s_join, "echo": s_echo, "publish": s_publish, "ready": s_ready}
     for name, fn in handlers.items():
         sio.on(name, fn, namespace=namespace)
     sio.on("connect", lambda *a: None, namespace=namespace)
+
+
+def _ready_answer(sio: Any, namespace: str, req: Any) -> dict[str, Any]:
+    if not isinstance(req, dict):
+        return {"ready": False, "missing": []}
+    missing = routing_missing(sio, namespace, str(req.get("room"))[:200], req.get("sids"))
+    return {"ready": not missing, "missing": missing[:20]}
 
 
 # ------------------------------------------------------------------ client
@@ -102,6 +148,9 @@ class CheckReport:
     broadcasts_expected: int = 0
     broadcasts_lost: int = 0
     broadcasts_duplicated: int = 0
+    #: Clients whose node's routing did not cover every client's node in time
+    #: (None: the server does not answer ``ready``, not measured).
+    routing_unready: int | None = 0
     acks_sent: int = 0
     acks_ok: int = 0
     acks_failed: int = 0
@@ -127,6 +176,9 @@ class CheckReport:
             out.append(f"{self.upgrades_failed} failed websocket upgrade(s)")
         if self.disconnects:
             out.append(f"{self.disconnects} unexpected disconnect(s)")
+        if self.routing_unready:
+            out.append(f"{self.routing_unready} client(s) whose room join did not reach "
+                       f"every node's routing within {READY_TIMEOUT:g} s")
         if self.broadcasts_lost:
             out.append(f"{self.broadcasts_lost} broadcast(s) lost")
         if self.broadcasts_duplicated:
@@ -149,7 +201,8 @@ class CheckReport:
             "app_support": self.app_support,
             "broadcasts": {"sent": self.broadcasts_sent, "expected": self.broadcasts_expected,
                            "lost": self.broadcasts_lost,
-                           "duplicated": self.broadcasts_duplicated},
+                           "duplicated": self.broadcasts_duplicated,
+                           "routing_unready": self.routing_unready},
             "acks": {"sent": self.acks_sent, "ok": self.acks_ok, "failed": self.acks_failed},
             "latency_ms": {k: (round(v, 3) if v is not None else None) for k, v in {
                 "p50": _percentile(self.rtt_ms, 50), "p95": _percentile(self.rtt_ms, 95),
@@ -174,6 +227,10 @@ class CheckReport:
             lines += [
                 (f"  broadcasts         {self.broadcasts_sent} sent, {self.broadcasts_expected} "
                  f"expected, {self.broadcasts_lost} lost, {self.broadcasts_duplicated} duplicated"),
+                ("  room routing       "
+                 + ("not confirmed (the server's register() has no 'ready')"
+                    if self.routing_unready is None else
+                    f"{self.routing_unready} client(s) not visible on every node")),
                 f"  acks               {self.acks_ok}/{self.acks_sent} ok",
                 (f"  ack latency (ms)   p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  "
                  f"max {lat['max']}"),
@@ -305,11 +362,14 @@ def run_check(url: str, *, clients: int = 10, duration: float = 5.0, transport: 
             else:
                 report.connect_errors.append(r or "connect timed out")
         report.connected = len(probes)
+        joined: list[_Probe] = []
         if report.app_support:
             for p in probes:
                 try:
                     if p.sio.call("join", room, namespace=ns, timeout=10) != "ok":
                         report.acks_failed += 1
+                    else:
+                        joined.append(p)
                 except Exception:  # noqa: BLE001
                     report.acks_failed += 1
         upgraders = [p for p in probes if p.upgrade]
@@ -320,6 +380,7 @@ def run_check(url: str, *, clients: int = 10, duration: float = 5.0, transport: 
             time.sleep(0.02)
         report.upgrades_failed = sum(1 for p in upgraders if p.sio.transport() != "websocket")
         if report.app_support and probes:
+            _wait_routing(report, joined, ns, room)
             _exchange(report, lock, probes, ns, room, duration, emit_interval, bcast_interval)
         else:
             end = time.monotonic() + duration
@@ -330,6 +391,39 @@ def run_check(url: str, *, clients: int = 10, duration: float = 5.0, transport: 
             p.close()
         report.elapsed_s = time.monotonic() - t_start
     return report
+
+
+def _wait_routing(report: CheckReport, probes: list[_Probe], ns: str, room: str) -> None:
+    """Start the numbered broadcasts only once every client's join is visible
+    to the routing of every client's node (each client asks its own node), so
+    a broadcast that raced a join's propagation is not counted as lost."""
+    import socketio
+
+    sids = [p.sio.eio.sid for p in probes if p.sio.connected]
+    pending = [p for p in probes if p.sio.connected]
+    deadline = time.monotonic() + READY_TIMEOUT
+    answered = False
+    for _ in range(100_000):
+        still = []
+        for p in pending:
+            try:
+                answer = p.sio.call("ready", {"room": room, "sids": sids}, namespace=ns,
+                                    timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+            except socketio.exceptions.TimeoutError:
+                if not answered:  # a server without ``ready`` (older register())
+                    report.routing_unready = None
+                    return
+                continue  # this client's session is broken: reported elsewhere
+            except Exception:  # noqa: BLE001 - disconnected: counted as such
+                continue
+            answered = True
+            if not (isinstance(answer, dict) and answer.get("ready") is True):
+                still.append(p)
+        pending = still
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    report.routing_unready = len(pending)
 
 
 def _exchange(report: CheckReport, lock: threading.Lock, probes: list[_Probe], ns: str,
@@ -481,7 +575,8 @@ def run_demo(nodes: int = 3, clients: int = 6, duration: float = 5.0, transport:
             proxy.start()
             keepalive = False  # per-connection balancing: one request per connection
             lb_name = "built-in round-robin TCP proxy (haproxy not installed)"
-        _wait_mesh(http_ports[0], nodes - 1, 15)
+        for port in http_ports:  # every node sees every peer, not just the first
+            _wait_mesh(port, nodes - 1, 15)
         print(f"meshadapter demo: {nodes} nodes (sticky_free={sticky_free}) behind {lb_name} "
               f"at http://127.0.0.1:{lb_port}", file=out)
         report = run_check(f"http://127.0.0.1:{lb_port}", clients=clients, duration=duration,

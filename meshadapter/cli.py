@@ -48,8 +48,12 @@ def mesh_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 # -- status ------------------------------------------------------------------
 def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--wait", type=float, default=3.0,
-                   help="seconds to listen for peers before printing (default 3)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3.0,
+        help="seconds to listen for peers before printing (default 3)",
+    )
 
 
 @command("status", "join the mesh briefly (write-only) and print its nodes")
@@ -68,13 +72,17 @@ def status(args: argparse.Namespace) -> int:
     if not nodes:
         print("no peers found")
         return 1
-    print(f"{'HOST':20} {'NODE':24} {'STATUS':8} {'ENDPOINT':28} {'CLIENTS':>7} {'ROOMS':>6} "
-          f"{'UPTIME':>8} {'LAG':>6}")
+    print(
+        f"{'HOST':20} {'NODE':24} {'STATUS':8} {'ENDPOINT':28} {'CLIENTS':>7} {'ROOMS':>6} "
+        f"{'UPTIME':>8} {'LAG':>6}"
+    )
     # Workers behind a sidecar share its endpoint; group them under it.
     for n in sorted(nodes, key=lambda n: (str(n["meta"].get("host", "")), n["node_id"])):
         host = str(n["meta"].get("host") or "-")
-        print(f"{host[:20]:20} {n['node_id'][:24]:24} {n['status']:8} {n['endpoint'][:28]:28} "
-              f"{n['clients']:>7} {n['rooms']:>6} {n['uptime']:>8.0f} {n['lag']:>6.2f}")
+        print(
+            f"{host[:20]:20} {n['node_id'][:24]:24} {n['status']:8} {n['endpoint'][:28]:28} "
+            f"{n['clients']:>7} {n['rooms']:>6} {n['uptime']:>8.0f} {n['lag']:>6.2f}"
+        )
     return 0
 
 
@@ -87,9 +95,12 @@ def _keygen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="mesh", help="file name stem (default: mesh)")
 
 
-@command("keygen", "write a CurveZMQ keypair for the mesh (use with --key-file)", mesh_options=False)
+@command(
+    "keygen", "write a CurveZMQ keypair for the mesh (use with --key-file)", mesh_options=False
+)
 def keygen(args: argparse.Namespace) -> int:
-    from .security import keygen as make_keys, load_key_file
+    from .security import keygen as make_keys
+    from .security import load_key_file
 
     public_path, secret_path = make_keys(args.directory, args.name)
     pub = load_key_file(public_path).public.decode()
@@ -104,14 +115,25 @@ keygen.configure = _keygen_args  # type: ignore[attr-defined]
 
 # -- sidecar -------------------------------------------------------------------
 def _sidecar_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", default="/run/meshadapter/sidecar",
-                   help="path prefix of the worker sockets (<path>.in/.out/.ctl); workers use "
-                        "sidecar='ipc://<path>' (default /run/meshadapter/sidecar)")
-    p.add_argument("--attach-tcp", type=int, default=0, metavar="PORT",
-                   help="also accept workers on 127.0.0.1:PORT..PORT+2 (needs a token)")
-    p.add_argument("--attach-token", default=None,
-                   help="token workers present over TCP (env MESHADAPTER_SIDECAR_TOKEN); "
-                        "workers set sidecar='tcp://127.0.0.1:PORT', sidecar_token=...")
+    p.add_argument(
+        "--socket",
+        default="/run/meshadapter/sidecar",
+        help="path prefix of the worker sockets (<path>.in/.out/.ctl); workers use "
+        "sidecar='ipc://<path>' (default /run/meshadapter/sidecar)",
+    )
+    p.add_argument(
+        "--attach-tcp",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="also accept workers on 127.0.0.1:PORT..PORT+2 (needs a token)",
+    )
+    p.add_argument(
+        "--attach-token",
+        default=None,
+        help="token workers present over TCP (env MESHADAPTER_SIDECAR_TOKEN); "
+        "workers set sidecar='tcp://127.0.0.1:PORT', sidecar_token=...",
+    )
 
 
 @command("sidecar", "join the mesh once for this host; local workers attach over a unix socket")
@@ -129,8 +151,11 @@ def sidecar(args: argparse.Namespace) -> int:
     async def run() -> None:
         sc = Sidecar(cfg, args.socket, attach_port=args.attach_tcp, attach_token=token)
         await sc.start()
-        print(f"meshadapter sidecar: workers attach with sidecar='ipc://{args.socket}'; "
-              f"mesh endpoint {sc.endpoint}", flush=True)
+        print(
+            f"meshadapter sidecar: workers attach with sidecar='ipc://{args.socket}'; "
+            f"mesh endpoint {sc.endpoint}",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -149,9 +174,13 @@ sidecar.configure = _sidecar_args  # type: ignore[attr-defined]
 def _check_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=10, help="Socket.IO clients (default 10)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of traffic (default 5)")
-    p.add_argument("--transport", choices=["polling", "websocket", "upgrade", "both"],
-                   default="both", help="polling only, websocket only, polling then upgrade, "
-                   "or both (half polling-only, half upgrading; default)")
+    p.add_argument(
+        "--transport",
+        choices=["polling", "websocket", "upgrade", "both"],
+        default="both",
+        help="polling only, websocket only, polling then upgrade, "
+        "or both (half polling-only, half upgrading; default)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -160,13 +189,17 @@ def _check_args(p: argparse.ArgumentParser) -> None:
     _check_common(p)
 
 
-@command("check", "drive real Socket.IO clients through a deployment and report failures",
-         mesh_options=False)
+@command(
+    "check",
+    "drive real Socket.IO clients through a deployment and report failures",
+    mesh_options=False,
+)
 def check(args: argparse.Namespace) -> int:
     from .check import run_check
 
-    report = run_check(args.url, clients=args.clients, duration=args.duration,
-                       transport=args.transport)
+    report = run_check(
+        args.url, clients=args.clients, duration=args.duration, transport=args.transport
+    )
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0 if report.ok else 1
 
@@ -176,22 +209,33 @@ check.configure = _check_args  # type: ignore[attr-defined]
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="local nodes (default 3)")
-    p.add_argument("--no-sticky-free", dest="sticky_free", action="store_false",
-                   help="run the nodes without sticky-free mode (to see the failures)")
+    p.add_argument(
+        "--no-sticky-free",
+        dest="sticky_free",
+        action="store_false",
+        help="run the nodes without sticky-free mode (to see the failures)",
+    )
     _check_common(p)
     p.set_defaults(clients=6)
 
 
-@command("demo", "start N local nodes behind a round-robin balancer and check them",
-         mesh_options=False)
+@command(
+    "demo", "start N local nodes behind a round-robin balancer and check them", mesh_options=False
+)
 def demo(args: argparse.Namespace) -> int:
     import io
 
     from .check import run_demo
 
     buf = io.StringIO() if args.json else None
-    report = run_demo(nodes=args.nodes, clients=args.clients, duration=args.duration,
-                      transport=args.transport, sticky_free=args.sticky_free, out=buf)
+    report = run_demo(
+        nodes=args.nodes,
+        clients=args.clients,
+        duration=args.duration,
+        transport=args.transport,
+        sticky_free=args.sticky_free,
+        out=buf,
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     return 0 if report.ok else 1

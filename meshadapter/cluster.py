@@ -101,7 +101,9 @@ def select_sids(
     return [(s, e) for s, e in picked.items() if s in everyone]
 
 
-def selector_owners(rooms: Iterable[Any] | None, owner: Callable[[Any], str | None]) -> set[str] | None:
+def selector_owners(
+    rooms: Iterable[Any] | None, owner: Callable[[Any], str | None]
+) -> set[str] | None:
     """Nodes a selector can match on, when that is knowable without asking.
 
     When every room of the selector is a session id carrying an owner tag,
@@ -156,7 +158,9 @@ def msgpackable(obj: Any, _depth: int = 0) -> Any:
     return repr(obj)
 
 
-def handshake_from_environ(environ: Mapping[str, Any], issued: float | None = None) -> dict[str, Any]:
+def handshake_from_environ(
+    environ: Mapping[str, Any], issued: float | None = None
+) -> dict[str, Any]:
     """The msgpack-able part of a connection's WSGI/ASGI environ.
 
     The keys mirror Node's ``socket.handshake``: ``headers`` (lower-case,
@@ -241,7 +245,8 @@ class AckCollector:
     def missing(self) -> set[str]:
         """Nodes with no count yet, or with clients that have not answered."""
         return {
-            n for n in self.nodes
+            n
+            for n in self.nodes
             if n not in self.failed and (n not in self.counts or self.acks[n] < self.counts[n])
         }
 
@@ -257,8 +262,12 @@ class NodeResponses(dict):  # type: ignore[type-arg]
     message}`` for nodes whose handler raised (or had none).
     """
 
-    def __init__(self, responses: Mapping[str, Any] = (), failed: Iterable[str] = (),  # type: ignore[assignment]
-                 errors: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        responses: Mapping[str, Any] = (),
+        failed: Iterable[str] = (),  # type: ignore[assignment]
+        errors: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(responses)
         self.failed: set[str] = set(failed)
         self.errors: dict[str, str] = dict(errors or {})
@@ -273,7 +282,9 @@ class BroadcastAckTimeout(MeshTimeoutError):
     answer.
     """
 
-    def __init__(self, msg: str, missing: Iterable[str], responses: list[Any], expected: int) -> None:
+    def __init__(
+        self, msg: str, missing: Iterable[str], responses: list[Any], expected: int
+    ) -> None:
         super().__init__(msg, missing, {})
         self.responses = list(responses)  # type: ignore[assignment]
         self.expected = expected
@@ -308,25 +319,36 @@ class _RemoteSocketBase:
         return self.sid
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sid": self.sid, "namespace": self.namespace, "rooms": sorted(map(str, self.rooms)),
-                "data": self.data, "handshake": self.handshake, "node_id": self.node_id}
+        return {
+            "sid": self.sid,
+            "namespace": self.namespace,
+            "rooms": sorted(map(str, self.rooms)),
+            "data": self.data,
+            "handshake": self.handshake,
+            "node_id": self.node_id,
+        }
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} sid={self.sid!r} namespace={self.namespace!r} "
-                f"node={self.node_id!r} rooms={sorted(map(str, self.rooms))!r}>")
+        return (
+            f"<{type(self).__name__} sid={self.sid!r} namespace={self.namespace!r} "
+            f"node={self.node_id!r} rooms={sorted(map(str, self.rooms))!r}>"
+        )
 
 
 class AsyncRemoteSocket(_RemoteSocketBase):
     """A socket of any node (asyncio manager); methods are coroutines."""
 
-    async def emit(self, event: str, data: Any = None, callback: Callable[..., Any] | None = None) -> None:
+    async def emit(
+        self, event: str, data: Any = None, callback: Callable[..., Any] | None = None
+    ) -> None:
         """Emit to this socket (on whichever node holds it)."""
         await self._mgr.emit(event, data, namespace=self.namespace, to=self.sid, callback=callback)
 
     async def call(self, event: str, data: Any = None, timeout: float = 60) -> Any:
         """Emit and wait for this socket's ack (needs a server, not write-only)."""
-        return await self._mgr.server.call(event, data, to=self.sid, namespace=self.namespace,
-                                           timeout=timeout)
+        return await self._mgr.server.call(
+            event, data, to=self.sid, namespace=self.namespace, timeout=timeout
+        )
 
     async def join(self, rooms: Any) -> None:
         """Put the socket in ``rooms`` (one room or a list); returns when done."""
@@ -346,14 +368,17 @@ class AsyncRemoteSocket(_RemoteSocketBase):
 class RemoteSocket(_RemoteSocketBase):
     """A socket of any node (threading manager); methods block until done."""
 
-    def emit(self, event: str, data: Any = None, callback: Callable[..., Any] | None = None) -> None:
+    def emit(
+        self, event: str, data: Any = None, callback: Callable[..., Any] | None = None
+    ) -> None:
         """Emit to this socket (on whichever node holds it)."""
         self._mgr.emit(event, data, namespace=self.namespace, to=self.sid, callback=callback)
 
     def call(self, event: str, data: Any = None, timeout: float = 60) -> Any:
         """Emit and wait for this socket's ack (needs a server, not write-only)."""
-        return self._mgr.server.call(event, data, to=self.sid, namespace=self.namespace,
-                                     timeout=timeout)
+        return self._mgr.server.call(
+            event, data, to=self.sid, namespace=self.namespace, timeout=timeout
+        )
 
     def join(self, rooms: Any) -> None:
         self._mgr.sockets_join(rooms, room=self.sid, namespace=self.namespace)
@@ -388,13 +413,17 @@ class ClusterCore:
     async def _cl_leave(self, sid: str, nsp: str, room: Any) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    async def _cl_kick(self, sid: str, eio_sid: str, nsp: str, close: bool) -> None:  # pragma: no cover
+    async def _cl_kick(
+        self, sid: str, eio_sid: str, nsp: str, close: bool
+    ) -> None:  # pragma: no cover
         raise NotImplementedError
 
     async def _cl_send_packet(self, eio_sid: str, pkt: Any) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    async def _cl_run_handler(self, handler: Callable[..., Any], args: list[Any]) -> Any:  # pragma: no cover
+    async def _cl_run_handler(
+        self, handler: Callable[..., Any], args: list[Any]
+    ) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     # set-up --------------------------------------------------------------------
@@ -418,8 +447,9 @@ class ClusterCore:
         n.add_listener(self._cl_on_peer)
 
     # server-side event registration (same for both managers) --------------------
-    def on_server_event(self, event: str, handler: Callable[..., Any] | None = None,
-                        namespace: str | None = None) -> Any:
+    def on_server_event(
+        self, event: str, handler: Callable[..., Any] | None = None, namespace: str | None = None
+    ) -> Any:
         """Register a handler for :meth:`server_side_emit` from other nodes.
 
         As a decorator::
@@ -445,7 +475,9 @@ class ClusterCore:
         return handler
 
     # connect times for the handshake ---------------------------------------------
-    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
+    ) -> None:
         if room is None and sid not in self._cl_times:
             self._cl_times[sid] = time.time()
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
@@ -464,7 +496,9 @@ class ClusterCore:
     def _cl_timeout(self, timeout: float | None) -> float:
         return float(self.config.request_timeout if timeout is None else timeout)
 
-    def _cl_select(self, nsp: str, rooms: list[Any] | None, exc: list[Any] | None) -> list[tuple[str, Any]]:
+    def _cl_select(
+        self, nsp: str, rooms: list[Any] | None, exc: list[Any] | None
+    ) -> list[tuple[str, Any]]:
         if self.server is None:
             return []
         return select_sids(self.rooms.get(nsp, {}), rooms, exc)
@@ -490,11 +524,16 @@ class ClusterCore:
             "node": self.node.node_id,
         }
 
-    async def _cl_local_fetch(self, nsp: str, rooms: list[Any] | None, exc: list[Any] | None) -> list[Any]:
-        return [await self._cl_describe(sid, eio, nsp) for sid, eio in self._cl_select(nsp, rooms, exc)]
+    async def _cl_local_fetch(
+        self, nsp: str, rooms: list[Any] | None, exc: list[Any] | None
+    ) -> list[Any]:
+        return [
+            await self._cl_describe(sid, eio, nsp) for sid, eio in self._cl_select(nsp, rooms, exc)
+        ]
 
-    async def _cl_local_op(self, op: str, nsp: str, rooms: list[Any] | None,
-                           exc: list[Any] | None, arg: Any) -> int:
+    async def _cl_local_op(
+        self, op: str, nsp: str, rooms: list[Any] | None, exc: list[Any] | None, arg: Any
+    ) -> int:
         matched = self._cl_select(nsp, rooms, exc)
         for sid, eio in matched:
             if op == OP_JOIN:
@@ -508,8 +547,9 @@ class ClusterCore:
         return len(matched)
 
     # cluster operations (coroutines on the node's loop) -----------------------------
-    async def _cl_fetch(self, nsp: str, rooms: list[Any] | None, exc: list[Any] | None,
-                        timeout: float) -> list[dict[str, Any]]:
+    async def _cl_fetch(
+        self, nsp: str, rooms: list[Any] | None, exc: list[Any] | None, timeout: float
+    ) -> list[dict[str, Any]]:
         out = await self._cl_local_fetch(nsp, rooms, exc)
         targets = self._cl_targets(rooms)
         if targets:
@@ -518,7 +558,8 @@ class ClusterCore:
                 p = await self.node.request(OP_FETCH, args, targets, timeout)
             except MeshTimeoutError as e:
                 raise MeshTimeoutError(
-                    f"fetch_sockets: no answer from {e.missing}", e.missing,
+                    f"fetch_sockets: no answer from {e.missing}",
+                    e.missing,
                     {n: list(v or []) for n, v in e.responses.items()},
                 ) from None
             for node in sorted(p.responses):
@@ -526,13 +567,21 @@ class ClusterCore:
             self._cl_log_errors("fetch_sockets", p.errors)
         return out
 
-    async def _cl_selector(self, op: str, nsp: str, rooms: list[Any] | None, exc: list[Any] | None,
-                           arg: Any, timeout: float) -> int:
+    async def _cl_selector(
+        self,
+        op: str,
+        nsp: str,
+        rooms: list[Any] | None,
+        exc: list[Any] | None,
+        arg: Any,
+        timeout: float,
+    ) -> int:
         count = await self._cl_local_op(op, nsp, rooms, exc, arg)
         targets = self._cl_targets(rooms)
         if targets:
-            p = await self.node.request(op, {"nsp": nsp, "rooms": rooms, "except": exc, "arg": arg},
-                                        targets, timeout)
+            p = await self.node.request(
+                op, {"nsp": nsp, "rooms": rooms, "except": exc, "arg": arg}, targets, timeout
+            )
             count += sum(int(v) for v in p.responses.values() if isinstance(v, int))
             self._cl_log_errors(op, p.errors)
         return count
@@ -546,7 +595,9 @@ class ClusterCore:
                 rooms.update(v or [])
         return rooms
 
-    async def _cl_server_call(self, nsp: str, event: str, data: list[Any], timeout: float) -> NodeResponses:
+    async def _cl_server_call(
+        self, nsp: str, event: str, data: list[Any], timeout: float
+    ) -> NodeResponses:
         targets = self.node.membership.alive_ids()
         if not targets:
             return NodeResponses()
@@ -554,16 +605,25 @@ class ClusterCore:
         p = await self.node.request(OP_SERVER_EMIT, args, targets, timeout)
         return NodeResponses(p.responses, p.failed, p.errors)
 
-    async def _cl_server_emit_bg(self, nsp: str, event: str, data: list[Any], timeout: float,
-                                 callback: Callable[..., Any] | None) -> None:
+    async def _cl_server_emit_bg(
+        self,
+        nsp: str,
+        event: str,
+        data: list[Any],
+        timeout: float,
+        callback: Callable[..., Any] | None,
+    ) -> None:
         """Fire-and-forget (or callback) server-side emit, as a task."""
         targets = self.node.membership.alive_ids()
         try:
             if callback is None:
                 if targets:
                     await self.node.request(
-                        OP_SERVER_EMIT, {"nsp": nsp, "event": event, "data": data, "ack": False},
-                        targets, timeout)
+                        OP_SERVER_EMIT,
+                        {"nsp": nsp, "event": event, "data": data, "ack": False},
+                        targets,
+                        timeout,
+                    )
                 return
             err: Exception | None = None
             try:
@@ -583,8 +643,15 @@ class ClusterCore:
         self._cl_tasks.add(task)
         task.add_done_callback(self._cl_tasks.discard)
 
-    async def _cl_emit_with_ack(self, event: str, data: Any, nsp: str, rooms: list[Any] | None,
-                                exc: list[Any] | None, timeout: float) -> list[Any]:
+    async def _cl_emit_with_ack(
+        self,
+        event: str,
+        data: Any,
+        nsp: str,
+        rooms: list[Any] | None,
+        exc: list[Any] | None,
+        timeout: float,
+    ) -> list[Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         parts = self._encode(event, data, nsp)  # type: ignore[attr-defined]
@@ -595,14 +662,20 @@ class ClusterCore:
         done = asyncio.Event()
         self._cl_acks[bid] = (col, done)
         try:
-            n = await self._cl_send_acked(nsp, rooms, exc, parts,
-                                          lambda sid: partial(self._cl_ack_call, self._cl_ack_in, bid, me))
+            n = await self._cl_send_acked(
+                nsp,
+                rooms,
+                exc,
+                parts,
+                lambda sid: partial(self._cl_ack_call, self._cl_ack_in, bid, me),
+            )
             col.set_count(me, n)
             if targets:
                 args = {"bid": bid, "nsp": nsp, "rooms": rooms, "except": exc, "pkt": parts}
                 try:
-                    p = await self.node.request(OP_BROADCAST_ACK, args, targets,
-                                                max(0.001, deadline - loop.time()))
+                    p = await self.node.request(
+                        OP_BROADCAST_ACK, args, targets, max(0.001, deadline - loop.time())
+                    )
                     counts, failed = p.responses, set(p.failed) | set(p.errors)
                 except MeshTimeoutError as e:
                     counts, failed = e.responses, set()
@@ -621,13 +694,21 @@ class ClusterCore:
             raise BroadcastAckTimeout(
                 f"emit_with_ack {event!r}: {got} of {col.expected} acks within {timeout}s "
                 f"(missing from {sorted(col.missing)})",
-                col.missing, col.responses, col.expected,
+                col.missing,
+                col.responses,
+                col.expected,
             )
         finally:
             self._cl_acks.pop(bid, None)
 
-    async def _cl_send_acked(self, nsp: str, rooms: list[Any] | None, exc: list[Any] | None,
-                             parts: list[Any], make_cb: Callable[[str], Callable[..., Any]]) -> int:
+    async def _cl_send_acked(
+        self,
+        nsp: str,
+        rooms: list[Any] | None,
+        exc: list[Any] | None,
+        parts: list[Any],
+        make_cb: Callable[[str], Callable[..., Any]],
+    ) -> int:
         matched = self._cl_select(nsp, rooms, exc)
         for sid, eio in matched:
             pkt = self._decode_parts(parts)  # type: ignore[attr-defined]
@@ -716,7 +797,9 @@ class ClusterCore:
             raise LookupError(f"no server event handler for {key[1]!r} in {key[0]!r}")
         return msgpackable(await self._cl_run_handler(handler, data))
 
-    async def _cl_run_quietly(self, handler: Callable[..., Any], data: list[Any], event: Any) -> None:
+    async def _cl_run_quietly(
+        self, handler: Callable[..., Any], data: list[Any], event: Any
+    ) -> None:
         try:
             await self._cl_run_handler(handler, data)
         except Exception:
@@ -731,8 +814,12 @@ class ClusterCore:
         if self.server is None:
             return 0
         return await self._cl_send_acked(
-            nsp, rooms, exc, parts,
-            lambda sid: partial(self._cl_ack_call, self._cl_ack_out, origin, bid, sid))
+            nsp,
+            rooms,
+            exc,
+            parts,
+            lambda sid: partial(self._cl_ack_call, self._cl_ack_out, origin, bid, sid),
+        )
 
     # Admin UI ---------------------------------------------------------------------
     def _cl_admin_serialize(self, sid: str, nsp: str, eio_sid: Any) -> dict[str, Any] | None:
@@ -743,14 +830,22 @@ class ClusterCore:
         except Exception:  # noqa: BLE001 - gone meanwhile
             return None
         environ = self.server.environ.get(eio_sid, {})
-        hs = handshake_from_environ(environ, getattr(self, "_timestamps", {}).get(sid)
-                                    or self._cl_times.get(sid))
+        hs = handshake_from_environ(
+            environ, getattr(self, "_timestamps", {}).get(sid) or self._cl_times.get(sid)
+        )
         hs.pop("headers", None)
-        hs["headers"] = {k[5:].lower(): v for k, v in environ.items()
-                         if isinstance(k, str) and k.startswith("HTTP_") and isinstance(v, str)}
+        hs["headers"] = {
+            k[5:].lower(): v
+            for k, v in environ.items()
+            if isinstance(k, str) and k.startswith("HTTP_") and isinstance(v, str)
+        }
         return {
-            "id": sid, "clientId": eio_sid, "transport": "websocket" if upgraded else "polling",
-            "nsp": nsp, "data": {}, "handshake": hs,
+            "id": sid,
+            "clientId": eio_sid,
+            "transport": "websocket" if upgraded else "polling",
+            "nsp": nsp,
+            "data": {},
+            "handshake": hs,
             "rooms": msgpackable(self.get_rooms(sid, nsp)),  # type: ignore[attr-defined]
         }
 
@@ -774,8 +869,10 @@ class ClusterCore:
             return None
         h = self.server.handlers.get(namespace, {}).get("connect")
         owner = getattr(h, "__self__", None)
-        if owner is not None and type(owner).__name__ in ("InstrumentedServer",
-                                                          "InstrumentedAsyncServer"):
+        if owner is not None and type(owner).__name__ in (
+            "InstrumentedServer",
+            "InstrumentedAsyncServer",
+        ):
             return owner
         return None
 
@@ -835,8 +932,13 @@ class AsyncClusterMixin(ClusterCore):
         return ret
 
     # public API
-    async def fetch_sockets(self, room: Any = None, namespace: str | None = None,
-                            except_rooms: Any = None, timeout: float | None = None) -> list[AsyncRemoteSocket]:
+    async def fetch_sockets(
+        self,
+        room: Any = None,
+        namespace: str | None = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> list[AsyncRemoteSocket]:
         """Every matching socket on every node, as :class:`AsyncRemoteSocket`.
 
         :param room: a room, a list of rooms (any of), or None for every socket.
@@ -847,50 +949,90 @@ class AsyncClusterMixin(ClusterCore):
             answers received in ``.responses`` (``{node: [socket dict]}``).
         """
         await self._ready()
-        raw = await self._cl_fetch(namespace or "/", room_list(room), room_list(except_rooms),
-                                   self._cl_timeout(timeout))
+        raw = await self._cl_fetch(
+            namespace or "/", room_list(room), room_list(except_rooms), self._cl_timeout(timeout)
+        )
         return [AsyncRemoteSocket(self, d) for d in raw]
 
-    async def sockets_join(self, rooms: Any, room: Any = None, namespace: str | None = None,
-                           except_rooms: Any = None, timeout: float | None = None) -> int:
+    async def sockets_join(
+        self,
+        rooms: Any,
+        room: Any = None,
+        namespace: str | None = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> int:
         """Make the matching sockets of every node join ``rooms``.
 
         Returns how many sockets matched, once every node has done it.
         """
         await self._ready()
-        return await self._cl_selector(OP_JOIN, namespace or "/", room_list(room),
-                                       room_list(except_rooms), room_list(rooms) or [],
-                                       self._cl_timeout(timeout))
+        return await self._cl_selector(
+            OP_JOIN,
+            namespace or "/",
+            room_list(room),
+            room_list(except_rooms),
+            room_list(rooms) or [],
+            self._cl_timeout(timeout),
+        )
 
-    async def sockets_leave(self, rooms: Any, room: Any = None, namespace: str | None = None,
-                            except_rooms: Any = None, timeout: float | None = None) -> int:
+    async def sockets_leave(
+        self,
+        rooms: Any,
+        room: Any = None,
+        namespace: str | None = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> int:
         """Make the matching sockets of every node leave ``rooms``; returns the match count."""
         await self._ready()
-        return await self._cl_selector(OP_LEAVE, namespace or "/", room_list(room),
-                                       room_list(except_rooms), room_list(rooms) or [],
-                                       self._cl_timeout(timeout))
+        return await self._cl_selector(
+            OP_LEAVE,
+            namespace or "/",
+            room_list(room),
+            room_list(except_rooms),
+            room_list(rooms) or [],
+            self._cl_timeout(timeout),
+        )
 
-    async def disconnect_sockets(self, room: Any = None, namespace: str | None = None,
-                                 close: bool = False, except_rooms: Any = None,
-                                 timeout: float | None = None) -> int:
+    async def disconnect_sockets(
+        self,
+        room: Any = None,
+        namespace: str | None = None,
+        close: bool = False,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> int:
         """Disconnect the matching sockets of every node; returns the match count.
 
         :param close: close the whole underlying connection (every namespace),
             as Node's ``disconnectSockets(true)``; by default only ``namespace``.
         """
         await self._ready()
-        return await self._cl_selector(OP_DISCONNECT, namespace or "/", room_list(room),
-                                       room_list(except_rooms), bool(close),
-                                       self._cl_timeout(timeout))
+        return await self._cl_selector(
+            OP_DISCONNECT,
+            namespace or "/",
+            room_list(room),
+            room_list(except_rooms),
+            bool(close),
+            self._cl_timeout(timeout),
+        )
 
-    async def all_rooms(self, namespace: str | None = None, timeout: float | None = None) -> set[Any]:
+    async def all_rooms(
+        self, namespace: str | None = None, timeout: float | None = None
+    ) -> set[Any]:
         """Named rooms with at least one member on any node (sid rooms excluded)."""
         await self._ready()
         return await self._cl_all_rooms(namespace or "/", self._cl_timeout(timeout))
 
-    async def server_side_emit(self, event: str, *data: Any, namespace: str | None = None,
-                               callback: Callable[..., Any] | None = None,
-                               timeout: float | None = None) -> None:
+    async def server_side_emit(
+        self,
+        event: str,
+        *data: Any,
+        namespace: str | None = None,
+        callback: Callable[..., Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """Emit ``event`` to the :meth:`on_server_event` handlers of every
         *other* node (Node's ``serverSideEmit``).  Returns once sent.
 
@@ -902,11 +1044,15 @@ class AsyncClusterMixin(ClusterCore):
         """
         await self._ready()
         payload = _check_packable(list(data))
-        self._cl_spawn(self._cl_server_emit_bg(namespace or "/", event, payload,
-                                               self._cl_timeout(timeout), callback))
+        self._cl_spawn(
+            self._cl_server_emit_bg(
+                namespace or "/", event, payload, self._cl_timeout(timeout), callback
+            )
+        )
 
-    async def server_side_call(self, event: str, *data: Any, namespace: str | None = None,
-                               timeout: float | None = None) -> NodeResponses:
+    async def server_side_call(
+        self, event: str, *data: Any, namespace: str | None = None, timeout: float | None = None
+    ) -> NodeResponses:
         """:meth:`server_side_emit` and wait for every live node's ack.
 
         Returns :class:`NodeResponses` ``{node_id: handler return value}``
@@ -916,11 +1062,21 @@ class AsyncClusterMixin(ClusterCore):
         """
         await self._ready()
         payload = _check_packable(list(data))
-        return await self._cl_server_call(namespace or "/", event, payload, self._cl_timeout(timeout))
+        return await self._cl_server_call(
+            namespace or "/", event, payload, self._cl_timeout(timeout)
+        )
 
-    async def emit_with_ack(self, event: str, data: Any = None, room: Any = None,
-                            namespace: str | None = None, skip_sid: Any = None, to: Any = None,
-                            except_rooms: Any = None, timeout: float | None = None) -> list[Any]:
+    async def emit_with_ack(
+        self,
+        event: str,
+        data: Any = None,
+        room: Any = None,
+        namespace: str | None = None,
+        skip_sid: Any = None,
+        to: Any = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
         """Broadcast and collect the ack of every targeted client on every node.
 
         The cluster form of Node's ``io.timeout(t).emit(..., (err, responses) => ...)``.
@@ -937,8 +1093,9 @@ class AsyncClusterMixin(ClusterCore):
         await self._ready()
         room = to if to is not None else room
         exc = (room_list(except_rooms) or []) + self._skip_list(skip_sid)  # type: ignore[attr-defined]
-        return await self._cl_emit_with_ack(event, data, namespace or "/", room_list(room),
-                                            exc or None, self._cl_timeout(timeout))
+        return await self._cl_emit_with_ack(
+            event, data, namespace or "/", room_list(room), exc or None, self._cl_timeout(timeout)
+        )
 
     def _cl_admin_patch(self, admin: Any) -> None:
         """Admin UI join/leave/disconnect act on every node's sockets."""
@@ -952,7 +1109,9 @@ class AsyncClusterMixin(ClusterCore):
         async def leave(_sid: str, namespace: str, room: Any, room_filter: Any = None) -> None:
             await mgr.sockets_leave(room, room=room_filter, namespace=namespace)
 
-        async def disconnect(_sid: str, namespace: str, close: bool, room_filter: Any = None) -> None:
+        async def disconnect(
+            _sid: str, namespace: str, close: bool, room_filter: Any = None
+        ) -> None:
             await mgr.disconnect_sockets(room=room_filter, namespace=namespace, close=bool(close))
 
         self.server.on("join", join, namespace=ns)
@@ -991,8 +1150,9 @@ class ClusterMixin(ClusterCore):
         if close:
             self.server.start_background_task(self.server.eio.disconnect, eio_sid)
         else:
-            self.server.start_background_task(self.server.disconnect, sid, namespace=nsp,
-                                              ignore_queue=True)
+            self.server.start_background_task(
+                self.server.disconnect, sid, namespace=nsp, ignore_queue=True
+            )
 
     async def _cl_send_packet(self, eio_sid: str, pkt: Any) -> None:
         self.server._send_packet(eio_sid, pkt)
@@ -1008,64 +1168,142 @@ class ClusterMixin(ClusterCore):
         return self._run(coro, timeout=timeout + 10)
 
     # public API: same as AsyncClusterMixin, blocking
-    def fetch_sockets(self, room: Any = None, namespace: str | None = None,
-                      except_rooms: Any = None, timeout: float | None = None) -> list[RemoteSocket]:
+    def fetch_sockets(
+        self,
+        room: Any = None,
+        namespace: str | None = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> list[RemoteSocket]:
         """See :meth:`AsyncClusterMixin.fetch_sockets`; returns :class:`RemoteSocket` objects."""
         t = self._cl_timeout(timeout)
-        raw = self._cl_wait(self._cl_fetch(namespace or "/", room_list(room),
-                                           room_list(except_rooms), t), t)
+        raw = self._cl_wait(
+            self._cl_fetch(namespace or "/", room_list(room), room_list(except_rooms), t), t
+        )
         return [RemoteSocket(self, d) for d in raw]
 
-    def sockets_join(self, rooms: Any, room: Any = None, namespace: str | None = None,
-                     except_rooms: Any = None, timeout: float | None = None) -> int:
+    def sockets_join(
+        self,
+        rooms: Any,
+        room: Any = None,
+        namespace: str | None = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> int:
         t = self._cl_timeout(timeout)
-        return int(self._cl_wait(self._cl_selector(OP_JOIN, namespace or "/", room_list(room),
-                                                   room_list(except_rooms), room_list(rooms) or [],
-                                                   t), t))
+        return int(
+            self._cl_wait(
+                self._cl_selector(
+                    OP_JOIN,
+                    namespace or "/",
+                    room_list(room),
+                    room_list(except_rooms),
+                    room_list(rooms) or [],
+                    t,
+                ),
+                t,
+            )
+        )
 
-    def sockets_leave(self, rooms: Any, room: Any = None, namespace: str | None = None,
-                      except_rooms: Any = None, timeout: float | None = None) -> int:
+    def sockets_leave(
+        self,
+        rooms: Any,
+        room: Any = None,
+        namespace: str | None = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> int:
         t = self._cl_timeout(timeout)
-        return int(self._cl_wait(self._cl_selector(OP_LEAVE, namespace or "/", room_list(room),
-                                                   room_list(except_rooms), room_list(rooms) or [],
-                                                   t), t))
+        return int(
+            self._cl_wait(
+                self._cl_selector(
+                    OP_LEAVE,
+                    namespace or "/",
+                    room_list(room),
+                    room_list(except_rooms),
+                    room_list(rooms) or [],
+                    t,
+                ),
+                t,
+            )
+        )
 
-    def disconnect_sockets(self, room: Any = None, namespace: str | None = None, close: bool = False,
-                           except_rooms: Any = None, timeout: float | None = None) -> int:
+    def disconnect_sockets(
+        self,
+        room: Any = None,
+        namespace: str | None = None,
+        close: bool = False,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> int:
         t = self._cl_timeout(timeout)
-        return int(self._cl_wait(self._cl_selector(OP_DISCONNECT, namespace or "/", room_list(room),
-                                                   room_list(except_rooms), bool(close), t), t))
+        return int(
+            self._cl_wait(
+                self._cl_selector(
+                    OP_DISCONNECT,
+                    namespace or "/",
+                    room_list(room),
+                    room_list(except_rooms),
+                    bool(close),
+                    t,
+                ),
+                t,
+            )
+        )
 
     def all_rooms(self, namespace: str | None = None, timeout: float | None = None) -> set[Any]:
         t = self._cl_timeout(timeout)
         return set(self._cl_wait(self._cl_all_rooms(namespace or "/", t), t))
 
-    def server_side_emit(self, event: str, *data: Any, namespace: str | None = None,
-                         callback: Callable[..., Any] | None = None,
-                         timeout: float | None = None) -> None:
+    def server_side_emit(
+        self,
+        event: str,
+        *data: Any,
+        namespace: str | None = None,
+        callback: Callable[..., Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """See :meth:`AsyncClusterMixin.server_side_emit`; the callback runs in a worker thread."""
         self.start()
         payload = _check_packable(list(data))
-        coro = self._cl_server_emit_bg(namespace or "/", event, payload, self._cl_timeout(timeout),
-                                       callback)
+        coro = self._cl_server_emit_bg(
+            namespace or "/", event, payload, self._cl_timeout(timeout), callback
+        )
         self._loop.call_soon_threadsafe(self._cl_spawn, coro)
 
-    def server_side_call(self, event: str, *data: Any, namespace: str | None = None,
-                         timeout: float | None = None) -> NodeResponses:
+    def server_side_call(
+        self, event: str, *data: Any, namespace: str | None = None, timeout: float | None = None
+    ) -> NodeResponses:
         t = self._cl_timeout(timeout)
         payload = _check_packable(list(data))
-        res: NodeResponses = self._cl_wait(self._cl_server_call(namespace or "/", event, payload, t), t)
+        res: NodeResponses = self._cl_wait(
+            self._cl_server_call(namespace or "/", event, payload, t), t
+        )
         return res
 
-    def emit_with_ack(self, event: str, data: Any = None, room: Any = None,
-                      namespace: str | None = None, skip_sid: Any = None, to: Any = None,
-                      except_rooms: Any = None, timeout: float | None = None) -> list[Any]:
+    def emit_with_ack(
+        self,
+        event: str,
+        data: Any = None,
+        room: Any = None,
+        namespace: str | None = None,
+        skip_sid: Any = None,
+        to: Any = None,
+        except_rooms: Any = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
         """See :meth:`AsyncClusterMixin.emit_with_ack`."""
         t = self._cl_timeout(timeout)
         room = to if to is not None else room
         exc = (room_list(except_rooms) or []) + self._skip_list(skip_sid)  # type: ignore[attr-defined]
-        return list(self._cl_wait(self._cl_emit_with_ack(event, data, namespace or "/",
-                                                         room_list(room), exc or None, t), t))
+        return list(
+            self._cl_wait(
+                self._cl_emit_with_ack(
+                    event, data, namespace or "/", room_list(room), exc or None, t
+                ),
+                t,
+            )
+        )
 
     def _cl_admin_all_sockets_sync(self, data: Any, namespace: str) -> Any:
         if self._cl_admin_instance(namespace) is None or threading.current_thread() is self._thread:
@@ -1102,7 +1340,16 @@ def _check_packable(data: list[Any]) -> list[Any]:
 
 
 __all__ = [
-    "AckCollector", "AsyncClusterMixin", "AsyncRemoteSocket", "BroadcastAckTimeout",
-    "ClusterMixin", "NodeResponses", "RemoteSocket", "handshake_from_environ", "msgpackable",
-    "room_list", "select_sids", "selector_owners",
+    "AckCollector",
+    "AsyncClusterMixin",
+    "AsyncRemoteSocket",
+    "BroadcastAckTimeout",
+    "ClusterMixin",
+    "NodeResponses",
+    "RemoteSocket",
+    "handshake_from_environ",
+    "msgpackable",
+    "room_list",
+    "select_sids",
+    "selector_owners",
 ]

@@ -115,9 +115,7 @@ def _opt(check: Check) -> Check:
 
 def _map(key: Check, value: Check, max_len: int = 10_000) -> Check:
     return lambda v: (
-        isinstance(v, dict)
-        and len(v) <= max_len
-        and all(key(k) and value(x) for k, x in v.items())
+        isinstance(v, dict) and len(v) <= max_len and all(key(k) and value(x) for k, x in v.items())
     )
 
 
@@ -205,9 +203,7 @@ _COMPILED = {
 }
 
 
-def encode(
-    mtype: MsgType, src: str, inc: str, seq: int, body: Mapping[str, Any]
-) -> bytes:
+def encode(mtype: MsgType, src: str, inc: str, seq: int, body: Mapping[str, Any]) -> bytes:
     """Encode one message. ``body`` must hold only msgpack-able values."""
     frame = {"v": PROTOCOL_VERSION, "t": int(mtype), "src": src, "inc": inc, "seq": seq}
     frame.update(body)

@@ -119,9 +119,7 @@ class MeshConfig:
         return ENV_PREFIX + field_name.upper()
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **kwargs: Any
-    ) -> "MeshConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> "MeshConfig":
         """Build a config from keyword arguments over ``MESHADAPTER_*`` variables.
 
         Keyword arguments that are ``None`` count as not given, so callers can
@@ -172,8 +170,9 @@ class MeshConfig:
                 f"(got {self.heartbeat_timeout} <= {self.heartbeat_interval})"
             )
         if self.sidecar and not self.sidecar.startswith(("ipc://", "tcp://")):
-            raise ValueError(f"sidecar={self.sidecar!r}: expected ipc:///path/to/socket "
-                             "or tcp://127.0.0.1:PORT")
+            raise ValueError(
+                f"sidecar={self.sidecar!r}: expected ipc:///path/to/socket or tcp://127.0.0.1:PORT"
+            )
         if self.recovery_window < 0 or self.recovery_replicas < 0:
             raise ValueError("recovery_window and recovery_replicas must be >= 0")
         if self.max_frame_bytes < 1024:
@@ -225,8 +224,9 @@ def add_cli_arguments(parser: Any) -> None:
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         doc = f"(env {MeshConfig.env_name(f.name)}, default {f.default!r})"
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, action="store_const", const=True,
-                                default=None, help=doc)
+            parser.add_argument(
+                flag, dest=f.name, action="store_const", const=True, default=None, help=doc
+            )
         else:
             conv = {"int": int, "float": float}.get(kind, str)
             parser.add_argument(flag, dest=f.name, type=conv, default=None, help=doc)

@@ -69,7 +69,9 @@ class DnsDiscovery(Discovery):
         self.name = name
         self.port = int(port) if port else cfg.port
         if not self.port:
-            raise ValueError("discovery='dns' needs a fixed mesh port: set port= or peers='name:port'")
+            raise ValueError(
+                "discovery='dns' needs a fixed mesh port: set port= or peers='name:port'"
+            )
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -150,7 +152,9 @@ class MdnsDiscovery(Discovery):
             if not await peer.async_request(zc.zeroconf, 3000):
                 return
             props = {
-                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                (k.decode() if isinstance(k, bytes) else k): (
+                    v.decode() if isinstance(v, bytes) else v
+                )
                 for k, v in (peer.properties or {}).items()
             }
             if props.get("cluster") != self.cfg.cluster or props.get("node") == self.node_id:
@@ -159,8 +163,9 @@ class MdnsDiscovery(Discovery):
             if ep.startswith("tcp://") and len(ep) < 300:
                 on_candidate(ep)
 
-        def on_change(zeroconf: object, service_type: str, name: str,
-                      state_change: ServiceStateChange) -> None:
+        def on_change(
+            zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange
+        ) -> None:
             if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
                 task = loop.create_task(resolve(name))
                 self._tasks.add(task)

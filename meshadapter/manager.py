@@ -11,9 +11,9 @@ from typing import Any, Callable
 from socketio import AsyncManager
 
 from .base import LOCAL, MeshManagerBase, iter_skip
-from .recovery import RecoveryMixin
 from .cluster import AsyncClusterMixin
 from .codec import Message, MsgType
+from .recovery import RecoveryMixin, packet_size
 
 
 class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncManager):  # type: ignore[misc]
@@ -150,7 +150,8 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
             targets.discard(self.node.node_id)
         if targets:
             self.node.send_many(
-                MsgType.BROADCAST, self._broadcast_body(namespace, room, skip, parts, off=offset),
+                MsgType.BROADCAST,
+                self._broadcast_body(namespace, room, skip, parts, off=offset),
                 targets,
             )
         if self.server is not None:
@@ -166,24 +167,34 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
         if owner == LOCAL or owner is None:
             if self.server is None:
                 raise RuntimeError("Callbacks can only be issued from the context of a server.")
-            return await AsyncManager.emit(self, event, data, namespace, room=room,
-                                           callback=callback)
+            return await AsyncManager.emit(
+                self, event, data, namespace, room=room, callback=callback
+            )
         cb_id = self._store_callback(callback, owner)
         parts = self._encode(event, data, namespace)
-        self.node.send(MsgType.BROADCAST, self._broadcast_body(namespace, room, [], parts, cb_id),
-                       to=owner)
+        self.node.send(
+            MsgType.BROADCAST, self._broadcast_body(namespace, room, [], parts, cb_id), to=owner
+        )
 
     async def _deliver(
-        self, namespace: str, room: Any, skip: list[str], parts: list[Any],
-        ack: tuple[str, int] | None = None, offset: str | None = None,
+        self,
+        namespace: str,
+        room: Any,
+        skip: list[str],
+        parts: list[Any],
+        ack: tuple[str, int] | None = None,
+        offset: str | None = None,
     ) -> None:
         if namespace not in self.rooms:
             return
         send = self.server._send_eio_packet
         if ack is None:
             pkts = self._eio_packets(parts)
+            size = -1 if offset is None else packet_size(offset, parts)
             for sid, eio_sid in iter_skip(self.get_participants(namespace, room), skip):
-                if offset is not None and self._csr_capture_live(namespace, sid, offset, parts):
+                if offset is not None and self._csr_capture_live(
+                    namespace, sid, offset, parts, size
+                ):
                     continue  # held until the restored session's missed packets are out
                 for p in pkts:
                     await send(eio_sid, p)
@@ -214,7 +225,9 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
             self._csr_on_disconnect(sid, namespace)  # before the rooms are left
         return await AsyncManager.disconnect(self, sid, namespace, **kwargs)  # type: ignore[no-any-return]
 
-    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
+    ) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if self.csr_enabled and room is not None and room != sid:
             self._csr_rooms_changed(sid, namespace)
@@ -230,7 +243,9 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
         await self._remote_room_op("disconnect", namespace, sid, None)
         return False
 
-    async def enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+    async def enter_room(
+        self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
+    ) -> None:
         if self.is_connected(sid, namespace) or self.is_pre_connected(sid, namespace):
             return await AsyncManager.enter_room(self, sid, namespace, room, eio_sid=eio_sid)  # type: ignore[no-any-return]
         await self._remote_room_op("join", namespace, sid, room)
@@ -246,7 +261,9 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
         targets = self._targets(namespace, room)
         if targets:
             self.node.send_many(
-                MsgType.ROOM_OP, {"op": "close", "nsp": namespace, "sid": None, "room": room}, targets
+                MsgType.ROOM_OP,
+                {"op": "close", "nsp": namespace, "sid": None, "room": room},
+                targets,
             )
         await AsyncManager.close_room(self, room, namespace)
 
@@ -257,8 +274,9 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
         if owner is None or owner == LOCAL:
             self._get_logger().warning("%s: sid %s is not connected to any node", op, sid)
             return
-        self.node.send(MsgType.ROOM_OP, {"op": op, "nsp": namespace, "sid": sid, "room": room},
-                       to=owner)
+        self.node.send(
+            MsgType.ROOM_OP, {"op": op, "nsp": namespace, "sid": sid, "room": room}, to=owner
+        )
 
     # -- mesh handlers -----------------------------------------------------------
     async def _on_broadcast(self, msg: Message) -> None:
@@ -266,8 +284,12 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
             return  # a write-only node has no clients
         ack = msg.get("ack")
         await self._deliver(
-            msg["nsp"], msg["rooms"], msg["skip"], msg["pkt"],
-            ack=(msg.src, ack) if ack is not None else None, offset=msg.get("off"),
+            msg["nsp"],
+            msg["rooms"],
+            msg["skip"],
+            msg["pkt"],
+            ack=(msg.src, ack) if ack is not None else None,
+            offset=msg.get("off"),
         )
         self._csr_capture_shadows(msg["nsp"], msg["rooms"], msg["skip"], msg.get("off"), msg["pkt"])
 

@@ -157,9 +157,7 @@ class Membership:
             p.heartbeat_lag = max(p.heartbeat_lag * 0.9, now - p.last_seen)
             p.last_seen = now
 
-    def on_heartbeat(
-        self, src: str, inc: str, body: Mapping[str, Any], now: float
-    ) -> list[Event]:
+    def on_heartbeat(self, src: str, inc: str, body: Mapping[str, Any], now: float) -> list[Event]:
         events: list[Event] = []
         p = self.peers.get(src)
         if p is not None and p.inc != inc:
@@ -187,9 +185,7 @@ class Membership:
             events.append(Event("need_sync", src))
         return events
 
-    def on_rooms(
-        self, src: str, inc: str, body: Mapping[str, Any], now: float
-    ) -> list[Event]:
+    def on_rooms(self, src: str, inc: str, body: Mapping[str, Any], now: float) -> list[Event]:
         """Apply a room snapshot (``full``) or delta from ``src``."""
         p = self.peers.get(src)
         if p is None or p.inc != inc or p.status is PeerStatus.DEAD:

@@ -41,12 +41,17 @@ CONNECT_TIMEOUT_MS = 1000
 ZMTP_HEARTBEAT_IVL_MS = 1000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 _MON_EVENTS = (
-    zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_ACCEPTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _HS_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _mon_ids = itertools.count(1)
@@ -83,7 +88,9 @@ class MeshSockets:
     ) -> None:
         self.node_id = node_id
         self.security = security or MeshSecurity()
-        self.counters: MutableMapping[str, int] = counters if counters is not None else defaultdict(int)
+        self.counters: MutableMapping[str, int] = (
+            counters if counters is not None else defaultdict(int)
+        )
         self.ctx = zmq.asyncio.Context()
         # The ZAP handler must exist before a CURVE server binds.
         self.zap: ZapHandler | None = None
@@ -233,8 +240,12 @@ class MeshSockets:
     def _handshake_failed(self, endpoint: str) -> None:
         self._pending_hs.discard(endpoint)
         self.ready_out.discard(endpoint)
-        if (not self.security.enabled or len(self._server_keys) < 2
-                or endpoint not in self.endpoints or self._closed):
+        if (
+            not self.security.enabled
+            or len(self._server_keys) < 2
+            or endpoint not in self.endpoints
+            or self._closed
+        ):
             return
         # Key rotation: try the next trusted server key against this peer.
         self._key_idx[endpoint] = self._key_idx.get(endpoint, 0) + 1
@@ -268,8 +279,11 @@ class MeshSockets:
             except Exception:  # noqa: BLE001, S112 - malformed monitor frame: ignore
                 continue
             ep = ev["endpoint"]
-            self._on_event(side, int(ev["event"]),
-                           ep.decode(errors="replace") if isinstance(ep, bytes) else str(ep))
+            self._on_event(
+                side,
+                int(ev["event"]),
+                ep.decode(errors="replace") if isinstance(ep, bytes) else str(ep),
+            )
 
     def close(self) -> None:
         if self._closed:

@@ -15,8 +15,22 @@ from typing import Any
 
 #: Upper bounds (seconds) of the latency histogram buckets.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 
@@ -52,8 +66,13 @@ class Histogram:
         for bound, n in zip(list(self.bounds) + [float("inf")], self.counts):
             cum += n
             buckets["+Inf" if bound == float("inf") else repr(bound)] = cum
-        return {"count": self.count, "sum": self.sum, "buckets": buckets,
-                "p50": self.quantile(0.5), "p99": self.quantile(0.99)}
+        return {
+            "count": self.count,
+            "sum": self.sum,
+            "buckets": buckets,
+            "p50": self.quantile(0.5),
+            "p99": self.quantile(0.99),
+        }
 
 
 class Metrics:
@@ -189,8 +208,9 @@ class MeshCollector:
                 continue  # the sum of decode_errors{kind}, same Prometheus name
             if key == "histograms":
                 for hname, h in sorted(value.items()):
-                    fam = HistogramMetricFamily(f"meshadapter_{hname}", f"{hname} latency (seconds)",
-                                                labels=["node"])
+                    fam = HistogramMetricFamily(
+                        f"meshadapter_{hname}", f"{hname} latency (seconds)", labels=["node"]
+                    )
                     fam.add_metric([node], list(h["buckets"].items()), h["sum"])
                     yield fam
             elif isinstance(value, dict):
@@ -218,7 +238,9 @@ def start_prometheus_server(node: Any, host: str, port: int) -> Any:
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:
-        raise ValueError("metrics_port needs prometheus-client: pip install 'meshadapter[prometheus]'") from None
+        raise ValueError(
+            "metrics_port needs prometheus-client: pip install 'meshadapter[prometheus]'"
+        ) from None
 
     def snap() -> dict[str, Any]:
         s = node.metrics.snapshot()

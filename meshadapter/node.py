@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from . import codec
-from .codec import MsgType, TOPIC_ALL, DecodeError, Message, node_topic
+from .codec import TOPIC_ALL, DecodeError, Message, MsgType, node_topic
 from .config import MeshConfig
 from .discovery import Discovery, is_wildcard, make_discovery, primary_ipv4
 from .membership import Event, LocalRooms, Membership, Room, SeqTracker, new_tag
@@ -94,23 +94,33 @@ class MeshNode:
             # All links go through this host's sidecar, which advertises for us.
             from .sidecar import SidecarLink
 
-            link = SidecarLink(self.node_id, cfg.sidecar, cfg.hwm, cfg.max_frame_bytes,
-                               token=cfg.sidecar_token)
+            link = SidecarLink(
+                self.node_id, cfg.sidecar, cfg.hwm, cfg.max_frame_bytes, token=cfg.sidecar_token
+            )
             self.sockets = link  # type: ignore[assignment]
             self.endpoint = await link.advertised_endpoint()
             self.meta["host"] = link.sidecar_id
         else:
-            self.sockets = MeshSockets(self.node_id, cfg.host, cfg.port, cfg.hwm,
-                                       cfg.max_frame_bytes, security=self.security,
-                                       counters=self.metrics.counters,
-                                       send_hwm=cfg.send_hwm)
+            self.sockets = MeshSockets(
+                self.node_id,
+                cfg.host,
+                cfg.port,
+                cfg.hwm,
+                cfg.max_frame_bytes,
+                security=self.security,
+                counters=self.metrics.counters,
+                send_hwm=cfg.send_hwm,
+            )
             adv = cfg.advertise_host or (primary_ipv4() if is_wildcard(cfg.host) else cfg.host)
             self.endpoint = f"tcp://{adv}:{self.sockets.port}"
         self.started_at = time.monotonic()
         if self.security.enabled:
             assert self.security.own is not None
-            self.log.info("meshadapter: mesh secured with CurveZMQ (public key %s..., %d trusted)",
-                          self.security.own.public[:8].decode(), len(self.security.trusted))
+            self.log.info(
+                "meshadapter: mesh secured with CurveZMQ (public key %s..., %d trusted)",
+                self.security.own.public[:8].decode(),
+                len(self.security.trusted),
+            )
         else:
             warn_plaintext(self.log, self.endpoint)
         if cfg.metrics_port:
@@ -128,7 +138,10 @@ class MeshNode:
             await self.discovery.start(self.add_endpoint)
         self.log.info(
             "meshadapter node %s joined cluster %r at %s (discovery=%s)",
-            self.node_id, cfg.cluster, self.endpoint, cfg.discovery,
+            self.node_id,
+            cfg.cluster,
+            self.endpoint,
+            cfg.discovery,
         )
 
     async def close(self) -> None:
@@ -236,7 +249,9 @@ class MeshNode:
             self.metrics.counters["request_timeouts"] += 1
             self.requests.open.pop(pending.id, None)
             raise MeshTimeoutError(
-                f"{op}: no answer from {sorted(pending.missing)}", pending.missing, pending.responses
+                f"{op}: no answer from {sorted(pending.missing)}",
+                pending.missing,
+                pending.responses,
             ) from None
         finally:
             self._futures.pop(pending.id, None)
@@ -274,8 +289,9 @@ class MeshNode:
             return
         if not valid_endpoint(endpoint):
             self.metrics.counters["bad_candidates"] += 1
-            self.bad_log.log(logging.WARNING, "bad_candidate",
-                             "ignoring candidate endpoint %r", endpoint[:100])
+            self.bad_log.log(
+                logging.WARNING, "bad_candidate", "ignoring candidate endpoint %r", endpoint[:100]
+            )
             return
         if self.sockets.connect(endpoint):
             self.log.debug("connecting to candidate %s", endpoint)
@@ -367,9 +383,12 @@ class MeshNode:
         self.metrics.received(kind, len(payload))
         if msg.src == self.node_id:
             if msg.inc != self.inc:
-                self.bad_log.log(logging.ERROR, "dup_id",
-                                 "another node uses our node_id %r: give each node a unique node_id",
-                                 self.node_id)
+                self.bad_log.log(
+                    logging.ERROR,
+                    "dup_id",
+                    "another node uses our node_id %r: give each node a unique node_id",
+                    self.node_id,
+                )
             return
         if topic != TOPIC_ALL and topic != node_topic(self.node_id):
             self._on_bad_parts("bad_topic")
@@ -382,9 +401,13 @@ class MeshNode:
                 return
             if len(self.membership.peers) >= self.config.max_peers:
                 self.metrics.counters["peers_rejected"] += 1
-                self.bad_log.log(logging.WARNING, "max_peers",
-                                 "ignoring node %s: max_peers=%d reached",
-                                 msg.src, self.config.max_peers)
+                self.bad_log.log(
+                    logging.WARNING,
+                    "max_peers",
+                    "ignoring node %s: max_peers=%d reached",
+                    msg.src,
+                    self.config.max_peers,
+                )
                 return
             if not valid_endpoint(msg.body["ep"]):
                 self._on_bad_parts("bad_endpoint")
@@ -399,8 +422,13 @@ class MeshNode:
             self.metrics.counters["seq_jumps"] += 1
         elif gap > 0:
             self.metrics.seq_gaps += gap
-            self.bad_log.log(logging.WARNING, "gap:" + msg.src,
-                             "lost %d frame(s) from %s (sequence gap)", gap, msg.src)
+            self.bad_log.log(
+                logging.WARNING,
+                "gap:" + msg.src,
+                "lost %d frame(s) from %s (sequence gap)",
+                gap,
+                msg.src,
+            )
         now = time.monotonic()
         self.membership.touch(msg.src, msg.inc, now)
         t0 = time.perf_counter()
@@ -409,11 +437,19 @@ class MeshNode:
             self.metrics.observe("handle_seconds", time.perf_counter() - t0)
         except DecodeError as exc:
             self.metrics.decode_errors[exc.reason] += 1
-            self.bad_log.log(logging.WARNING, exc.reason, "dropped %s from %s: %s", kind, msg.src, exc)
+            self.bad_log.log(
+                logging.WARNING, exc.reason, "dropped %s from %s: %s", kind, msg.src, exc
+            )
         except Exception:  # noqa: BLE001 - one bad message must not stop the node
             self.metrics.handler_errors += 1
-            self.bad_log.log(logging.ERROR, "handler:" + kind,
-                             "error handling %s from %s", kind, msg.src, exc_info=True)
+            self.bad_log.log(
+                logging.ERROR,
+                "handler:" + kind,
+                "error handling %s from %s",
+                kind,
+                msg.src,
+                exc_info=True,
+            )
 
     async def _dispatch(self, msg: Message, now: float) -> None:
         t = msg.type
@@ -432,8 +468,11 @@ class MeshNode:
             self.metrics.counters["requests_in"] += 1
             if len(self._request_tasks) >= self.config.max_pending_requests:
                 self.metrics.counters["requests_rejected"] += 1
-                self.send(MsgType.RESPONSE, {"id": msg["id"], "ok": False,
-                                             "err": "busy: too many pending requests"}, to=msg.src)
+                self.send(
+                    MsgType.RESPONSE,
+                    {"id": msg["id"], "ok": False, "err": "busy: too many pending requests"},
+                    to=msg.src,
+                )
                 return
             task = asyncio.get_running_loop().create_task(self._answer(msg))
             self._request_tasks.add(task)
@@ -479,17 +518,31 @@ class MeshNode:
         """This node and every known peer, for status displays."""
         now = time.monotonic()
         me = {
-            "node_id": self.node_id, "self": True, "status": "alive", "endpoint": self.endpoint,
+            "node_id": self.node_id,
+            "self": True,
+            "status": "alive",
+            "endpoint": self.endpoint,
             "clients": int(self.client_count()),
-            "rooms": sum(len([r for r in rs if r is not None])
-                         for rs in self.local_rooms.rooms.values()),
-            "uptime": round(now - self.started_at, 3), "lag": 0.0, "meta": self.meta,
+            "rooms": sum(
+                len([r for r in rs if r is not None]) for rs in self.local_rooms.rooms.values()
+            ),
+            "uptime": round(now - self.started_at, 3),
+            "lag": 0.0,
+            "meta": self.meta,
         }
         out = [me]
         for p in self.membership.peers.values():
-            out.append({
-                "node_id": p.node_id, "self": False, "status": p.status.value,
-                "endpoint": p.endpoint, "clients": p.clients, "rooms": p.room_count(),
-                "uptime": p.uptime, "lag": round(now - p.last_seen, 3), "meta": p.meta,
-            })
+            out.append(
+                {
+                    "node_id": p.node_id,
+                    "self": False,
+                    "status": p.status.value,
+                    "endpoint": p.endpoint,
+                    "clients": p.clients,
+                    "rooms": p.room_count(),
+                    "uptime": p.uptime,
+                    "lag": round(now - p.last_seen, 3),
+                    "meta": p.meta,
+                }
+            )
         return out

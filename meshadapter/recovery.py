@@ -45,6 +45,10 @@ def backup_ns(namespace: str) -> str:
     return BACKUP_PREFIX + namespace
 
 
+def packet_size(offset: str, parts: list[Any]) -> int:
+    return sum(len(p) for p in parts) + len(offset)
+
+
 @dataclass
 class Buffer:
     """Packets for one session, oldest first, bounded in count and bytes."""
@@ -53,17 +57,22 @@ class Buffer:
     max_bytes: int
     items: collections.deque[tuple[str, list[Any]]] = field(default_factory=collections.deque)
     nbytes: int = 0
+    _sizes: collections.deque[int] = field(default_factory=collections.deque)
     #: False once something was evicted: a client with no offset then cannot
     #: be given "everything since the start".
     complete: bool = True
 
-    def add(self, offset: str, parts: list[Any]) -> None:
-        size = sum(len(p) for p in parts) + len(offset)
+    def add(self, offset: str, parts: list[Any], size: int = -1) -> None:
+        """Append a packet; ``size`` (its byte count) may be passed in when
+        one packet goes to many sessions, to count it once."""
+        if size < 0:
+            size = packet_size(offset, parts)
         self.items.append((offset, parts))
+        self._sizes.append(size)
         self.nbytes += size
         while self.items and (len(self.items) > self.max_packets or self.nbytes > self.max_bytes):
-            off, old = self.items.popleft()
-            self.nbytes -= sum(len(p) for p in old) + len(off)
+            self.items.popleft()
+            self.nbytes -= self._sizes.popleft()
             self.complete = False
 
     def after(self, offset: str | None) -> list[tuple[str, list[Any]]] | None:
@@ -72,7 +81,7 @@ class Buffer:
             return list(self.items) if self.complete else None
         for i, (off, _) in enumerate(self.items):
             if off == offset:
-                return list(self.items)[i + 1:]
+                return list(self.items)[i + 1 :]
         return None
 
 
@@ -123,7 +132,7 @@ class ShadowStore:
     def matching(self, nsp: str, rooms: Iterable[Any] | None, skip: Iterable[str]) -> list[Shadow]:
         """Shadows an emit to ``rooms`` (None = everyone) would reach."""
         if rooms is None:
-            pids = {p for (n, _), ps in self._index.items() if n == nsp for p in ps}
+            pids = {p for p, s in self.by_pid.items() if s.nsp == nsp}
         else:
             pids = set()
             for r in rooms:
@@ -177,7 +186,9 @@ class Live:
         return True
 
 
-def merge_in_order(batches: Iterable[Iterable[tuple[str, list[Any]]]]) -> list[tuple[str, list[Any]]]:
+def merge_in_order(
+    batches: Iterable[Iterable[tuple[str, list[Any]]]],
+) -> list[tuple[str, list[Any]]]:
     """Concatenate, drop repeated offsets, and put each origin's packets in
     its own order (offsets are ``<origin tag>-<counter>``)."""
     seen: set[str] = set()
@@ -270,7 +281,9 @@ class RecoveryMixin:
                 if record is not None:
                     self._incoming.pop(record["pid"], None)
 
-        async def _handle_disconnect(eio_sid: str, namespace: str | None, reason: Any = None) -> Any:
+        async def _handle_disconnect(
+            eio_sid: str, namespace: str | None, reason: Any = None
+        ) -> Any:
             namespace = namespace or "/"
             sid = self.sid_from_eio_sid(eio_sid, namespace)  # type: ignore[attr-defined]
             if sid is not None and reason is not None:
@@ -311,8 +324,9 @@ class RecoveryMixin:
         self._csr_counter += 1
         return f"{self.node.tag}-{self._csr_counter}"
 
-    def _csr_capture_live(self, namespace: str, sid: str, offset: str | None,
-                          parts: list[Any]) -> bool:
+    def _csr_capture_live(
+        self, namespace: str, sid: str, offset: str | None, parts: list[Any], size: int = -1
+    ) -> bool:
         """Buffer a packet delivered to a local session; True = hold it back
         (the session is being restored and its missed packets go first)."""
         if offset is None:
@@ -320,26 +334,34 @@ class RecoveryMixin:
         live = self._live.get((namespace, sid))
         if live is None:
             return False
-        if not live.first_time(offset, 2 * self.config.recovery_max_packets):
-            return True  # already given to the client (hand-over overlap)
-        live.buffer.add(offset, parts)
         if live.restoring:
+            # During a hand-over a packet can come twice (directly and
+            # forwarded by the holder); afterwards each arrives once.
+            if not live.first_time(offset, 2 * self.config.recovery_max_packets):
+                return True
+            live.buffer.add(offset, parts)
             live.held.append((offset, parts))
             return True
+        live.buffer.add(offset, parts, size)
         return False
 
-    def _csr_capture_shadows(self, namespace: str, rooms: Any, skip: list[str],
-                             offset: str | None, parts: list[Any]) -> None:
+    def _csr_capture_shadows(
+        self, namespace: str, rooms: Any, skip: list[str], offset: str | None, parts: list[Any]
+    ) -> None:
         if offset is None or not self._shadows.by_pid:
             return
+        size = packet_size(offset, parts)
         for s in self._shadows.matching(namespace, rooms, skip):
-            s.buffer.add(offset, parts)
+            s.buffer.add(offset, parts, size)
             if s.forward_to == self.node.node_id:  # restoring it here
                 self._csr_forwarded(s.pid, offset, parts)
             elif s.forward_to is not None and self.node.running:
                 self.node.metrics.counters["csr_forwarded"] += 1
-                self.node.send(MsgType.RECOVERY, {"op": "pkt", "pid": s.pid, "off": offset,
-                                                  "pkt": parts}, to=s.forward_to)
+                self.node.send(
+                    MsgType.RECOVERY,
+                    {"op": "pkt", "pid": s.pid, "off": offset, "pkt": parts},
+                    to=s.forward_to,
+                )
 
     def _csr_targets(self, namespace: str, rooms: Any) -> set[str]:
         """Nodes holding shadows of sessions an emit would reach."""
@@ -347,8 +369,12 @@ class RecoveryMixin:
             return set()
         m = self.node.membership
         if rooms is None:
-            return {n for (ns, _r), nodes in m._index.items() if ns == backup_ns(namespace)
-                    for n in nodes}
+            return {
+                n
+                for (ns, _r), nodes in m._index.items()
+                if ns == backup_ns(namespace)
+                for n in nodes
+            }
         return set(m.nodes_for(backup_ns(namespace), rooms))
 
     # -- session lifecycle on the owner --------------------------------------------
@@ -420,8 +446,9 @@ class RecoveryMixin:
             self._shadow_origin.pop(live.pid, None)
         elif holder:
             try:
-                await self.node.request("csr_drop", {"pid": live.pid}, targets=[holder],
-                                        timeout=timeout)
+                await self.node.request(
+                    "csr_drop", {"pid": live.pid}, targets=[holder], timeout=timeout
+                )
             except Exception:  # noqa: BLE001
                 self.node.metrics.counters["csr_drop_timeouts"] += 1
         eio_sid = self.eio_sid_from_sid(live.sid, live.nsp)  # type: ignore[attr-defined]
@@ -432,11 +459,8 @@ class RecoveryMixin:
             for _off, parts in merge_in_order([batch]):
                 for p in self._eio_packets(parts):  # type: ignore[attr-defined]
                     await self.server._send_eio_packet(eio_sid, p)
+        # No await since the last empty batch: nothing can be waiting now.
         live.restoring = False
-        for off, parts in live.held:  # anything that slipped in after the last batch
-            for p in self._eio_packets(parts):  # type: ignore[attr-defined]
-                await self.server._send_eio_packet(eio_sid, p)
-        live.held = []
 
     def _csr_on_disconnect(self, sid: str, namespace: str) -> None:
         """Called before the session's rooms are left."""
@@ -454,14 +478,24 @@ class RecoveryMixin:
         if reason not in RECOVERABLE:
             self._csr_send(live.replicas, {"op": "drop", "pid": live.pid})
             return
-        rooms = [r for r in self.rooms.get(namespace, {}) if r is not None and r != sid
-                 and sid in self.rooms[namespace][r]]
+        rooms = [
+            r
+            for r in self.rooms.get(namespace, {})
+            if r is not None and r != sid and sid in self.rooms[namespace][r]
+        ]
         data = self._csr_session_data(sid, namespace)
         expires = time.monotonic() + self.config.recovery_window
-        self._csr_put_shadow(Shadow(live.pid, sid, namespace, rooms, data, live.buffer, True, expires))
-        self._csr_send(live.replicas, {"op": "state", "pid": live.pid,
-                                       "st": {"sid": sid, "nsp": namespace, "rooms": rooms,
-                                              "data": data, "disc": True}})
+        self._csr_put_shadow(
+            Shadow(live.pid, sid, namespace, rooms, data, live.buffer, True, expires)
+        )
+        self._csr_send(
+            live.replicas,
+            {
+                "op": "state",
+                "pid": live.pid,
+                "st": {"sid": sid, "nsp": namespace, "rooms": rooms, "data": data, "disc": True},
+            },
+        )
 
     def _csr_session_data(self, sid: str, namespace: str) -> Any:
         eio_sid = self.eio_sid_from_sid(sid, namespace)  # type: ignore[attr-defined]
@@ -479,12 +513,25 @@ class RecoveryMixin:
         if gone:
             self._csr_send(gone, {"op": "drop", "pid": live.pid})
         live.replicas = new
-        rooms = [r for r in self.rooms.get(live.nsp, {}) if r is not None and r != live.sid
-                 and live.sid in self.rooms[live.nsp][r]]
-        self._csr_send(new, {"op": "state", "pid": live.pid,
-                             "st": {"sid": live.sid, "nsp": live.nsp, "rooms": rooms,
-                                    "data": self._csr_session_data(live.sid, live.nsp),
-                                    "disc": False}})
+        rooms = [
+            r
+            for r in self.rooms.get(live.nsp, {})
+            if r is not None and r != live.sid and live.sid in self.rooms[live.nsp][r]
+        ]
+        self._csr_send(
+            new,
+            {
+                "op": "state",
+                "pid": live.pid,
+                "st": {
+                    "sid": live.sid,
+                    "nsp": live.nsp,
+                    "rooms": rooms,
+                    "data": self._csr_session_data(live.sid, live.nsp),
+                    "disc": False,
+                },
+            },
+        )
 
     def _csr_rooms_changed(self, sid: str, namespace: str) -> None:
         live = self._live.get((namespace, sid))
@@ -545,8 +592,11 @@ class RecoveryMixin:
         if old is None:
             buffer.complete = False  # joined late: "everything since the start" is unknown
         expires = time.monotonic() + self.config.recovery_window if st.get("disc") else float("inf")
-        self._csr_put_shadow(Shadow(pid, st["sid"], st["nsp"], list(st["rooms"]), st.get("data"),
-                                    buffer, False, expires))
+        self._csr_put_shadow(
+            Shadow(
+                pid, st["sid"], st["nsp"], list(st["rooms"]), st.get("data"), buffer, False, expires
+            )
+        )
         self._shadow_origin[pid] = msg.src
 
     def _csr_on_peer(self, kind: str, node_id: str) -> None:
@@ -569,7 +619,8 @@ class RecoveryMixin:
             g["csr_sessions"] = len(self._live)
             g["csr_shadows"] = len(self._shadows.by_pid)
             g["csr_buffered_bytes"] = sum(x.buffer.nbytes for x in self._live.values()) + sum(
-                x.buffer.nbytes for x in self._shadows.by_pid.values())
+                x.buffer.nbytes for x in self._shadows.by_pid.values()
+            )
             await asyncio.sleep(0.25)
 
     def _csr_sweep(self) -> None:
@@ -578,15 +629,23 @@ class RecoveryMixin:
             self._shadow_origin.pop(pid, None)
 
     # -- restore -----------------------------------------------------------------------
-    def _csr_local_answer(self, pid: str, offset: str | None, namespace: str) -> dict[str, Any] | None:
+    def _csr_local_answer(
+        self, pid: str, offset: str | None, namespace: str
+    ) -> dict[str, Any] | None:
         s = self._shadows.by_pid.get(pid)
         if s is None or s.nsp != namespace or s.expires <= time.monotonic():
             return None
         missed = s.buffer.after(offset)
         if missed is None:
             return None
-        return {"sid": s.sid, "pid": s.pid, "rooms": s.rooms, "data": s.data,
-                "missed": [[o, p] for o, p in missed], "owner": s.owner}
+        return {
+            "sid": s.sid,
+            "pid": s.pid,
+            "rooms": s.rooms,
+            "data": s.data,
+            "missed": [[o, p] for o, p in missed],
+            "owner": s.owner,
+        }
 
     async def _csr_answer_restore(self, msg: Any) -> Any:
         a = msg["args"]
@@ -604,7 +663,9 @@ class RecoveryMixin:
     async def _csr_answer_barrier(self, msg: Any) -> bool:
         return True
 
-    async def _csr_restore(self, pid: str, offset: str | None, namespace: str) -> dict[str, Any] | None:
+    async def _csr_restore(
+        self, pid: str, offset: str | None, namespace: str
+    ) -> dict[str, Any] | None:
         """Find the session anywhere in the mesh; the holder with the exact
         buffer (the owner) wins. Every holder then forgets it."""
         self._incoming[pid] = []
@@ -613,13 +674,17 @@ class RecoveryMixin:
             self._incoming.pop(pid, None)
         return record  # pre_connect takes the forwarded packets over
 
-    async def _csr_find(self, pid: str, offset: str | None, namespace: str) -> dict[str, Any] | None:
+    async def _csr_find(
+        self, pid: str, offset: str | None, namespace: str
+    ) -> dict[str, Any] | None:
         answers = []
         if self.node.running and self.node.membership.alive_ids():
             try:
-                done = await self.node.request("csr_restore",
-                                               {"pid": pid, "offset": offset, "nsp": namespace},
-                                               timeout=min(self.config.request_timeout, 3.0))
+                done = await self.node.request(
+                    "csr_restore",
+                    {"pid": pid, "offset": offset, "nsp": namespace},
+                    timeout=min(self.config.request_timeout, 3.0),
+                )
                 for node, r in done.responses.items():
                     if r:
                         r["holder"] = node

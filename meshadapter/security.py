@@ -95,7 +95,9 @@ def load_key_file(path: str | os.PathLike[str]) -> KeyPair:
         cand = p / "mesh.key_secret"
         p = cand if cand.exists() else p / "mesh.key"
     if not p.exists():
-        raise ValueError(f"key file {str(p)!r} does not exist (create keys with `meshadapter keygen DIR`)")
+        raise ValueError(
+            f"key file {str(p)!r} does not exist (create keys with `meshadapter keygen DIR`)"
+        )
     import zmq.auth
 
     try:
@@ -150,8 +152,10 @@ class MeshSecurity:
             if len(s) < MIN_SECRET_LEN:
                 logger.warning(
                     "meshadapter: a mesh secret of %d characters is weak; use at least %d "
-                    "random characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
-                    len(s), MIN_SECRET_LEN,
+                    "random characters (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'`)",
+                    len(s),
+                    MIN_SECRET_LEN,
                 )
             pairs.append(keypair_from_secret(s))
         for f in _split(key_file):
@@ -210,7 +214,8 @@ def warn_plaintext(log: logging.Logger, endpoint: str) -> None:
         "meshadapter: the mesh at %s runs WITHOUT authentication or encryption: any host "
         "that can reach it can read and inject mesh traffic. Set secret= "
         "(MESHADAPTER_SECRET) or key_file= (MESHADAPTER_KEY_FILE) to enable CurveZMQ; "
-        "see docs/security.md", endpoint,
+        "see docs/security.md",
+        endpoint,
     )
 
 
@@ -263,7 +268,7 @@ class ZapHandler:
                 sep = msg.index(b"", 1)
             except ValueError:
                 continue
-            envelope, body = msg[: sep + 1], msg[sep + 1:]
+            envelope, body = msg[: sep + 1], msg[sep + 1 :]
             status, text, user = self.decide(body)
             ok = status == b"200"
             if ok:

@@ -52,6 +52,21 @@ MAX_TUNNEL_QUEUE = 10_000
 TUNNEL_KEY = "meshadapter.tunnel"
 
 
+def peek_method(args: tuple[Any, ...]) -> str | None:
+    """The HTTP method of a request as the web framework hands it to
+    ``handle_request`` (None if unknown)."""
+    if not args:
+        return None
+    first = args[0]
+    if isinstance(first, dict):  # ASGI scope
+        method = first.get("method")
+    else:
+        method = getattr(first, "method", None)  # aiohttp, sanic
+        if not isinstance(method, str):
+            method = getattr(getattr(first, "request", None), "method", None)  # tornado
+    return method if isinstance(method, str) else None
+
+
 def peek_query(args: tuple[Any, ...]) -> str | None:
     """The query string of a request as the web framework hands it to
     ``handle_request``, without consuming anything (None if unknown)."""
@@ -89,6 +104,8 @@ class StickyFreeBase:
         self.node = node
         self.eio = eio
         self.counters = node.metrics.counters
+        #: Polling GETs this node is running through its engine.io, per sid.
+        self.polls: dict[str, int] = {}
 
     def remote_owner(self, sid: str | None) -> str | None:
         """The live peer owning ``sid``; None for local or unknown sessions."""
@@ -96,6 +113,55 @@ class StickyFreeBase:
         if tag is None or tag == self.node.tag or not self.node.running:
             return None
         return self.node.membership.node_for_tag(tag)
+
+    # -- closed sessions (owner side) ----------------------------------------------
+    # python-engineio's asyncio socket does not wake a held long-poll GET when
+    # the *client* closes the session (a CLOSE packet in a POST closes it with
+    # abort=True and, unlike the threading ``Socket.close``, puts nothing in
+    # the queue): the GET stays held until pingInterval + pingTimeout, longer
+    # than python-engineio's client waits for it (30 s) -- through a
+    # round-robin balancer the GET and the closing POST reach different
+    # nodes, so the GET is always in flight when the session closes.  And a
+    # server-side ``close(wait=True)`` (an oversized POST) waits for a GET to
+    # collect its CLOSE packet, which a GET arriving after the close never
+    # does (engine.io answers it 400), so the closing request is never
+    # answered.  The owner handles both around every request it runs.
+    def _poll_started(self, sid: str, sock: Any) -> None:
+        if sock.closed and not self.polls.get(sid):
+            self._drain(sock)
+        self.polls[sid] = self.polls.get(sid, 0) + 1
+
+    def _poll_ended(self, sid: str) -> None:
+        n = self.polls.get(sid, 0) - 1
+        if n > 0:
+            self.polls[sid] = n
+        else:
+            self.polls.pop(sid, None)
+
+    def _after_request(self, sid: str, sock: Any) -> None:
+        """The session closed while a long-poll GET is held: answer it now
+        (engine.io answers a GET woken by ``None`` with an empty payload),
+        as engine.io's threading ``Socket.close`` does."""
+        if sock.closed and self.polls.get(sid) and sock.queue.empty():
+            self.counters["sf_polls_released"] += 1
+            self._put_none(sock)
+
+    def _put_none(self, sock: Any) -> None:
+        raise NotImplementedError
+
+    def _drain(self, sock: Any) -> None:
+        """Nobody can collect what is queued on a closed session any more:
+        consume it so a ``close(wait=True)`` waiting for that returns."""
+        n = 0
+        while n < 100_000:
+            try:
+                sock.queue.get_nowait()
+            except Exception:  # noqa: BLE001 - asyncio.QueueEmpty / queue.Empty
+                break
+            sock.queue.task_done()
+            n += 1
+        if n:
+            self.counters["sf_closed_queue_drained"] += 1
 
     def forward_timeout(self) -> float:
         return float(self.eio.ping_interval) + float(self.eio.ping_timeout) + FORWARD_MARGIN
@@ -330,18 +396,42 @@ class AsyncStickyFree(StickyFreeBase):
     # -- the entry point ----------------------------------------------------------
     async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
         qs = peek_query(args)
-        if qs is not None:
-            owner = self.remote_owner(httpfwd.query_param(qs, "sid"))
-            if owner is not None:
-                try:
-                    return await self._forward(owner, args, kwargs)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self.counters["sf_errors"] += 1
-                    logger.exception("sticky-free forwarding failed")
-                    raise
-        return await self.orig_handle(*args, **kwargs)
+        if qs is None:
+            return await self.orig_handle(*args, **kwargs)
+        sid = httpfwd.query_param(qs, "sid")
+        owner = self.remote_owner(sid)
+        if owner is not None:
+            try:
+                return await self._forward(owner, args, kwargs)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["sf_errors"] += 1
+                logger.exception("sticky-free forwarding failed")
+                raise
+        return await self._run_owned(sid, peek_method(args), qs,
+                                     lambda: self.orig_handle(*args, **kwargs))
+
+    def _put_none(self, sock: Any) -> None:
+        sock.queue.put_nowait(None)
+
+    async def _run_owned(self, sid: str | None, method: Any, qs: str,
+                         call: Callable[[], Any]) -> Any:
+        """Run a request for a session of this node through engine.io (see
+        ``StickyFreeBase._poll_started``)."""
+        sock = self.eio.sockets.get(sid) if sid else None
+        if sock is None:
+            return await call()
+        assert sid is not None
+        poll = method == "GET" and httpfwd.query_param(qs, "transport") == "polling"
+        if poll:
+            self._poll_started(sid, sock)
+        try:
+            return await call()
+        finally:
+            if poll:
+                self._poll_ended(sid)
+            self._after_request(sid, sock)
 
     async def _forward(self, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         environ = await self._translate(*args, **kwargs)
@@ -429,7 +519,9 @@ class AsyncStickyFree(StickyFreeBase):
         fwd = _Forwarded(environ)
         environ[httpfwd.FORWARDED_KEY] = fwd
         self.counters["sf_served"] += 1
-        await self.orig_handle(fwd)
+        qs = environ["QUERY_STRING"]
+        await self._run_owned(httpfwd.query_param(qs, "sid"), environ["REQUEST_METHOD"], qs,
+                              lambda: self.orig_handle(fwd))
         if fwd.response is None:
             raise RuntimeError("engine.io produced no response")
         return self._checked(httpfwd.response_to_wire(*fwd.response))
@@ -532,12 +624,39 @@ class SyncStickyFree(StickyFreeBase):
         self.run = run
         self.orig_handle = self.eio.handle_request
         self.eio.handle_request = self.handle_request
+        self._lock = threading.Lock()
         node.on_request("http", self._serve_http)
+
+    def _put_none(self, sock: Any) -> None:
+        sock.queue.put(None)
+
+    def _run_owned(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        """A request for a session of this node (see ``_poll_started``; the
+        threading socket wakes held GETs itself, but a GET after a
+        ``close(wait=True)`` still leaves the closing request waiting)."""
+        qs = str(environ.get("QUERY_STRING", ""))
+        sid = httpfwd.query_param(qs, "sid")
+        sock = self.eio.sockets.get(sid) if sid else None
+        if sock is None:
+            return self.orig_handle(environ, start_response)
+        assert sid is not None
+        poll = (environ.get("REQUEST_METHOD") == "GET"
+                and httpfwd.query_param(qs, "transport") == "polling")
+        if poll:
+            with self._lock:
+                self._poll_started(sid, sock)
+        try:
+            return self.orig_handle(environ, start_response)
+        finally:
+            with self._lock:
+                if poll:
+                    self._poll_ended(sid)
+                self._after_request(sid, sock)
 
     def handle_request(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         owner = self.remote_owner(httpfwd.query_param(str(environ.get("QUERY_STRING", "")), "sid"))
         if owner is None:
-            return self.orig_handle(environ, start_response)
+            return self._run_owned(environ, start_response)
         try:
             status, headers, body = self._forward(owner, environ)
         except Exception:
@@ -602,7 +721,7 @@ class SyncStickyFree(StickyFreeBase):
                 status_headers[:] = [status, headers]
 
             try:
-                body = self.orig_handle(environ, start_response)
+                body = self._run_owned(environ, start_response)
                 if not status_headers:
                     raise RuntimeError("engine.io produced no response")
                 result = self._checked(
@@ -615,4 +734,4 @@ class SyncStickyFree(StickyFreeBase):
         return await fut
 
 
-__all__ = ["AsyncStickyFree", "SyncStickyFree", "peek_query"]
+__all__ = ["AsyncStickyFree", "SyncStickyFree", "peek_method", "peek_query"]

@@ -62,7 +62,7 @@ def attach_endpoints(url: str) -> tuple[str, str, str]:
     if url.startswith("ipc://"):
         return (f"{url}.in", f"{url}.out", f"{url}.ctl")
     if url.startswith("tcp://"):
-        host, _, port = url[len("tcp://"):].rpartition(":")
+        host, _, port = url[len("tcp://") :].rpartition(":")
         if port.isdigit():
             p = int(port)
             return tuple(f"tcp://{host}:{p + i}" for i in range(3))  # type: ignore[return-value]
@@ -72,8 +72,9 @@ def attach_endpoints(url: str) -> tuple[str, str, str]:
 class Sidecar:
     """The forwarder. ``await start()``, then it runs until ``await close()``."""
 
-    def __init__(self, config: MeshConfig, socket_path: str, attach_port: int = 0,
-                 attach_token: str = "") -> None:
+    def __init__(
+        self, config: MeshConfig, socket_path: str, attach_port: int = 0, attach_token: str = ""
+    ) -> None:
         self.config = config
         self.path = socket_path
         self.node_id = f"sidecar-{config.node_id}"
@@ -154,14 +155,20 @@ class Sidecar:
         cmd_in.bind(self._cmd_addr)
         self._cmd = c.socket(zmq.PAIR)
         self._cmd.connect(self._cmd_addr)
-        self._thread = threading.Thread(target=self._run, args=(cmd_in,), daemon=True,
-                                        name="meshadapter-sidecar")
+        self._thread = threading.Thread(
+            target=self._run, args=(cmd_in,), daemon=True, name="meshadapter-sidecar"
+        )
         self._thread.start()
         self.discovery = make_discovery(cfg, self.node_id, self.inc, self.endpoint)
         if self.discovery is not None:
             await self.discovery.start(self.add_endpoint)
-        logger.info("sidecar %s: workers attach at ipc://%s, mesh endpoint %s (discovery=%s)",
-                    self.node_id, self.path, self.endpoint, cfg.discovery)
+        logger.info(
+            "sidecar %s: workers attach at ipc://%s, mesh endpoint %s (discovery=%s)",
+            self.node_id,
+            self.path,
+            self.endpoint,
+            cfg.discovery,
+        )
 
     def _bind_attach_tcp(self) -> None:
         """Workers on this host may also attach over loopback TCP, proving the
@@ -215,7 +222,13 @@ class Sidecar:
 
     # -- the proxy thread ----------------------------------------------------------
     def _run(self, cmd: zmq.Socket[bytes]) -> None:
-        li, lo, gi, go, ctl = self.local_in, self.local_out, self.global_in, self.global_out, self.ctl
+        li, lo, gi, go, ctl = (
+            self.local_in,
+            self.local_out,
+            self.global_in,
+            self.global_out,
+            self.ctl,
+        )
         t_in, t_out, t_ctl = self._attach if self._attach else (None, None, None)
         ins = {li, t_in} - {None}
         outs = [x for x in (lo, t_out) if x is not None]
@@ -250,8 +263,9 @@ class Sidecar:
                             for i in ins:
                                 i.send_multipart(msg)
                         elif sock in ctls:
-                            sock.send_string(json.dumps({"ep": self.endpoint,
-                                                         "sidecar": self.node_id, "v": 1}))
+                            sock.send_string(
+                                json.dumps({"ep": self.endpoint, "sidecar": self.node_id, "v": 1})
+                            )
                         elif sock is cmd:
                             self._connect(msg[0].decode())
         finally:
@@ -284,12 +298,15 @@ class SidecarLink:
     """Worker-side sockets: the same interface as :class:`~meshadapter.mesh.MeshSockets`,
     but every frame goes through the host's sidecar."""
 
-    def __init__(self, node_id: str, url: str, hwm: int, max_frame_bytes: int,
-                 token: str = "") -> None:
+    def __init__(
+        self, node_id: str, url: str, hwm: int, max_frame_bytes: int, token: str = ""
+    ) -> None:
         self.node_id = node_id
         self.url = url
         ep_in, ep_out, self.ep_ctl = attach_endpoints(url)
-        self.token = MeshSecurity.from_options(token) if url.startswith("tcp://") else MeshSecurity()
+        self.token = (
+            MeshSecurity.from_options(token) if url.startswith("tcp://") else MeshSecurity()
+        )
         if url.startswith("tcp://") and not self.token.enabled:
             raise ValueError("a tcp:// sidecar needs sidecar_token= (MESHADAPTER_SIDECAR_TOKEN)")
         self.ctx = zmq.asyncio.Context()
@@ -326,7 +343,8 @@ class SidecarLink:
                 raise ConnectionError(
                     f"no sidecar answered at {self.ep_ctl} within {timeout:.0f} s: start one "
                     "with `meshadapter sidecar`, and check the socket permissions (ipc) or "
-                    "the token (tcp)")
+                    "the token (tcp)"
+                )
             reply = json.loads(await req.recv_string())
             self.sidecar_id = str(reply.get("sidecar", ""))
             return str(reply["ep"])

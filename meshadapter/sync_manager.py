@@ -112,8 +112,9 @@ class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
         room = to if to is not None else room
         namespace = namespace or "/"
         if kwargs.get("ignore_queue"):
-            return Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
-                                callback=callback)
+            return Manager.emit(
+                self, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
+            )
         self.start()
         if event == "all_sockets":  # Admin UI: list every node's sockets (cluster.py)
             data = self._cl_admin_all_sockets_sync(data, namespace)
@@ -141,8 +142,14 @@ class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
         if targets:
             self.node.send_many(MsgType.BROADCAST, body, targets)
 
-    def _deliver(self, namespace: str, room: Any, skip: list[str], parts: list[Any],
-                 ack: tuple[str, int] | None = None) -> None:
+    def _deliver(
+        self,
+        namespace: str,
+        room: Any,
+        skip: list[str],
+        parts: list[Any],
+        ack: tuple[str, int] | None = None,
+    ) -> None:
         if namespace not in self.rooms:
             return
         participants = list(iter_skip(self.get_participants(namespace, room), skip))
@@ -183,7 +190,9 @@ class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
         self._mesh_call(self._send_to_targets, MsgType.ROOM_OP, namespace, room, body)
         Manager.close_room(self, room, namespace)
 
-    def _send_to_targets(self, mtype: MsgType, namespace: str, room: Any, body: dict[str, Any]) -> None:
+    def _send_to_targets(
+        self, mtype: MsgType, namespace: str, room: Any, body: dict[str, Any]
+    ) -> None:
         targets = self._targets(namespace, room)
         if targets:
             self.node.send_many(mtype, body, targets)
@@ -202,8 +211,13 @@ class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
         if self.server is None:
             return
         ack = msg.get("ack")
-        self._deliver(msg["nsp"], msg["rooms"], msg["skip"], msg["pkt"],
-                      ack=(msg.src, ack) if ack is not None else None)
+        self._deliver(
+            msg["nsp"],
+            msg["rooms"],
+            msg["skip"],
+            msg["pkt"],
+            ack=(msg.src, ack) if ack is not None else None,
+        )
 
     async def _on_ack(self, msg: Message) -> None:
         if msg.get("sid") is not None:
@@ -229,5 +243,6 @@ class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
         elif op == "leave":
             Manager.leave_room(self, sid, nsp, room)
         elif op == "disconnect":
-            self.server.start_background_task(self.server.disconnect, sid, namespace=nsp,
-                                              ignore_queue=True)
+            self.server.start_background_task(
+                self.server.disconnect, sid, namespace=nsp, ignore_queue=True
+            )
