@@ -88,6 +88,12 @@ async def echo(sid: str, data: Any) -> Any:
 
 
 @sio.event
+async def fetch(sid: str, room: Any = None) -> list[list[str]]:
+    """Cluster API: every matching socket on every node, as [sid, node]."""
+    return sorted([s.sid, s.node_id] for s in await mgr.fetch_sockets(room=room))
+
+
+@sio.event
 async def whoami(sid: str) -> dict[str, str]:
     return {"sid": sid, "node": mgr.node_id}
 

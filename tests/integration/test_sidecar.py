@@ -119,6 +119,20 @@ def test_workers_of_two_hosts_form_one_mesh(lab: Lab, clients: Any) -> None:
     wait_until(lambda: "moved" in routing(ports[3]), 5)
     c4.call("emit", {"event": "hello", "data": "x", "room": "moved"})
     assert c2.wait_for("hello") == ["x"]
+    # The cluster API sees every worker's sockets, through both sidecars.
+    assert c3.call("fetch", "r") == sorted([[c2.sid, "w2"], [c4.sid, "w4"]])
+    # A threading-mode server (MeshManager) attaches to a sidecar the same way.
+    sync_port = free_port()
+    sp = lab.group.spawn([sys.executable, "-m", "tests.apps.sync_app", "--port", str(sync_port)],
+                         env=h1.worker_env(MESHADAPTER_NODE_ID="s5"), name="s5", cwd=str(ROOT))
+    wait_for_port("127.0.0.1", sync_port, 20, proc=sp)
+    wait_until(lambda: peers(ports[3]) == 4, 10, message="sync worker did not join")
+    c5 = Client(f"http://127.0.0.1:{sync_port}", transports=["polling"])
+    clients.items.append(c5)
+    c5.call("join", "r")
+    wait_until(lambda: len(c4.call("fetch", "r")) == 3, 5)
+    c4.call("emit", {"event": "to-sync", "data": 5, "room": "r"})
+    assert c5.wait_for("to-sync") == [5]
     # The hosts' workers are grouped under their sidecars.
     nodes = {n["node_id"]: n for n in state(ports[0])["nodes"]}
     assert nodes["w3"]["meta"]["host"] == "sidecar-h2" and nodes["w2"]["meta"]["host"] == "sidecar-h1"
