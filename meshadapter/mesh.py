@@ -72,6 +72,44 @@ def valid_endpoint(ep: object) -> bool:
     return bool(_HOST_RE.match(host)) and host not in ("0.0.0.0", "*")
 
 
+async def receive_loop(
+    sub: zmq.asyncio.Socket,
+    drain: zmq.Socket[bytes],
+    handler: FrameHandler,
+    on_bad: Callable[[str], None],
+    closed: Callable[[], bool],
+) -> None:
+    """Receive ``[topic, payload]`` frames forever, in order.
+
+    ``drain`` is a synchronous shadow of ``sub``: frames already queued are
+    read without a future each, but the next frame is fetched only when
+    there is budget left to handle it (a frame read and then dropped at a
+    batch edge would be lost).
+    """
+    while not closed():
+        try:
+            parts = await sub.recv_multipart()
+        except (asyncio.CancelledError, zmq.ContextTerminated):
+            return
+        except zmq.ZMQError:
+            if closed():
+                return
+            raise
+        for budget in range(_RECV_BATCH - 1, -1, -1):
+            if len(parts) != 2:
+                on_bad("bad_parts")
+            else:
+                await handler(parts[0], parts[1])
+            if not budget:
+                break
+            try:
+                parts = drain.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                return
+
+
 class MeshSockets:
     """The PUB/SUB pair; send is synchronous (a PUB never blocks)."""
 
@@ -182,31 +220,7 @@ class MeshSockets:
 
     async def run(self, handler: FrameHandler, on_bad: Callable[[str], None]) -> None:
         """Receive frames forever, in order, handing each to ``handler``."""
-        sub, drain = self.sub, self._sub_sync
-        while not self._closed:
-            try:
-                parts = await sub.recv_multipart()
-            except (asyncio.CancelledError, zmq.ContextTerminated):
-                return
-            except zmq.ZMQError:
-                if self._closed:
-                    return
-                raise
-            # Drain what is already queued without a future per frame, but
-            # fetch the next frame only when there is budget to handle it.
-            for budget in range(_RECV_BATCH - 1, -1, -1):
-                if len(parts) != 2:
-                    on_bad("bad_parts")
-                else:
-                    await handler(parts[0], parts[1])
-                if not budget:
-                    break
-                try:
-                    parts = drain.recv_multipart(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                except zmq.ZMQError:
-                    return
+        await receive_loop(self.sub, self._sub_sync, handler, on_bad, lambda: self._closed)
 
     # -- connection / handshake events --------------------------------------
     def _on_zap(self, ok: bool, address: str) -> None:

@@ -45,7 +45,7 @@ import zmq.asyncio
 from .codec import TOPIC_ALL, node_topic
 from .config import MeshConfig
 from .discovery import is_wildcard, make_discovery, primary_ipv4
-from .mesh import valid_endpoint
+from .mesh import receive_loop, valid_endpoint
 from .security import MeshSecurity, ZapHandler, warn_plaintext
 
 logger = logging.getLogger("meshadapter.sidecar")
@@ -361,23 +361,7 @@ class SidecarLink:
         self.pub.send_multipart((topic, payload), copy=len(payload) < 65536)
 
     async def run(self, handler: FrameHandler, on_bad: Callable[[str], None]) -> None:
-        sub, drain = self.sub, self._sub_sync
-        while not self._closed:
-            try:
-                parts = await sub.recv_multipart()
-            except (asyncio.CancelledError, zmq.ContextTerminated):
-                return
-            for budget in range(255, -1, -1):
-                if len(parts) != 2:
-                    on_bad("bad_parts")
-                else:
-                    await handler(parts[0], parts[1])
-                if not budget:
-                    break
-                try:
-                    parts = drain.recv_multipart(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+        await receive_loop(self.sub, self._sub_sync, handler, on_bad, lambda: self._closed)
 
     async def run_events(self) -> None:
         return None

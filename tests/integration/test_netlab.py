@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,31 +23,16 @@ from typing import Any
 
 import pytest
 
+from tests.support.netlab import NETLAB, Lab
 from tests.support.procs import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-NETLAB = ROOT.parent / "shared" / "netlab" / "netlab.sh"
 PREFIX, SUBNET = "mxs", "10.79.0"
 ENV = {**os.environ, "NETLAB_PREFIX": PREFIX, "NETLAB_SUBNET": SUBNET, "NETLAB_QUIET": "1"}
 HB_INTERVAL, HB_TIMEOUT = 0.5, 2.0
 
 
-def _skip_reason() -> str | None:
-    if not NETLAB.exists():
-        return f"netlab script not found at {NETLAB}"
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if shutil.which("ip") is None:
-        return "iproute2 'ip' not installed"
-    probe = f"{PREFIX}-probe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        return f"cannot create network namespaces: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
-    return None
-
-
-_reason = _skip_reason()
+_reason = Lab(PREFIX, SUBNET).skip_reason()
 pytestmark = [pytest.mark.netlab, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
 
 

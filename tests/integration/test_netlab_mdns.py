@@ -10,41 +10,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.netlab import NETLAB as LAB_SCRIPT
+from tests.support.netlab import Lab
+
 ROOT = Path(__file__).resolve().parents[2]
-NETLAB = ROOT.parent / "shared" / "netlab" / "netlab.sh"
-PREFIX, SUBNET = "mxd", "10.78.0"
-ENV = {**os.environ, "NETLAB_PREFIX": PREFIX, "NETLAB_SUBNET": SUBNET, "NETLAB_QUIET": "1"}
+LAB = Lab("mxd", "10.78.0")
+NETLAB, SUBNET, ENV = str(LAB_SCRIPT), LAB.subnet, LAB.env
 
-
-def _skip_reason() -> str | None:
-    if not NETLAB.exists():
-        return f"netlab script not found at {NETLAB}"
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if shutil.which("ip") is None:
-        return "iproute2 'ip' not installed"
-    probe = f"{PREFIX}-probe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"cannot create network namespaces: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-_reason = _skip_reason()
+_reason = LAB.skip_reason()
 pytestmark = [pytest.mark.netlab, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
 
 
 def netlab(*args: str) -> None:
-    subprocess.run(["bash", str(NETLAB), *args], env=ENV, capture_output=True, text=True,
-                   check=True, timeout=60)
+    LAB.run(*args)
 
 
 @pytest.fixture
