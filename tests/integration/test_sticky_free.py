@@ -75,20 +75,32 @@ class SFClient:
         return self.sio.transport()
 
     def close(self) -> None:
-        """Disconnect without waiting for the held long-poll GET (through a
-        balancer python-engineio's client otherwise waits up to pingInterval
-        for it, with or without sticky-free mode)."""
+        """Disconnect, waiting for the held long-poll GET (the owner answers
+        it when the session closes); see :func:`disconnect_waiting`."""
         try:
             self.sio.reconnection = False
-            if self.sio.connected:
-                for ns in list(self.sio.namespaces):
-                    self.sio._send_packet(self.sio.packet_class(socketio.packet.DISCONNECT,
-                                                                namespace=ns))
-                self.sio.eio.disconnect(abort=True)
-            else:
-                self.sio.shutdown()
+            disconnect_waiting(self.sio)
         except Exception:  # noqa: BLE001, S110
             pass
+
+
+def disconnect_waiting(sio: socketio.Client) -> None:
+    """``sio.disconnect()`` made deterministic: leave every namespace, then
+    close the Engine.IO session and wait for the client's read loop (its held
+    long-poll GET, which the session's owner must answer on the close).
+
+    ``sio.disconnect()`` itself queues the namespace DISCONNECTs, then CLOSE,
+    then flips the client's state; a write loop that woke for the first packet
+    and POSTed it alone exits on the state change without ever sending CLOSE
+    (a python-engineio *client* race): the session then stays open and the
+    held GET is answered by the next ping, 25 s later, with any server.
+    Here the DISCONNECTs are POSTed (and answered) first, then CLOSE -- the
+    order ``sio.disconnect()`` produces when it does not race."""
+    for ns in list(sio.namespaces):
+        sio._send_packet(sio.packet_class(socketio.packet.DISCONNECT, namespace=ns))
+    wait_until(lambda: sio.eio.queue.unfinished_tasks == 0, 10, interval=0.01,
+               message="the namespace DISCONNECT was not sent")
+    sio.eio.disconnect()
 
 
 @pytest.fixture
@@ -170,7 +182,8 @@ def exchange(clients: list[SFClient], *, echoes: int = 10, broadcasts: int = 30,
     except AssertionError:
         pass
     lost = {c.sid: sorted(want - set(c.seqs)) for c in clients if want - set(c.seqs)}
-    dups = {c.sid: len(c.seqs) - len(set(c.seqs)) for c in clients if len(c.seqs) != len(set(c.seqs))}
+    dups = {c.sid: len(c.seqs) - len(set(c.seqs)) for c in clients
+            if len(c.seqs) != len(set(c.seqs))}
     return {"bad_echo": bad_echo, "lost": lost, "dups": dups,
             "disconnects": {c.sid: c.disconnects for c in clients if c.disconnects}}
 
@@ -308,8 +321,12 @@ def test_unknown_malformed_and_oversized_requests(procs):
     assert raw(n2, "POST", q, b"40")[0] == 200
     assert raw(n3, "GET", q)[0] == 200  # the CONNECT answer
     held: dict[str, Any] = {}
+    served = n1.metrics().get("sf_served", 0)
     poller = threading.Thread(target=lambda: held.update(r=raw(n3, "GET", q)))
     poller.start()
+    # the GET must be held by the owner before the POST closes the session
+    # (engine.io's close waits for a GET to collect its CLOSE packet)
+    wait_until(lambda: n1.metrics().get("sf_served", 0) > served, 10, interval=0.02)
     big = b"4" + b"x" * 1_100_000
     status, _ = raw(n2, "POST", q, big)
     assert status == 400
@@ -323,6 +340,61 @@ def test_unknown_malformed_and_oversized_requests(procs):
         node.state()
     cnt = counters(cluster)
     assert cnt.get("sf_too_large", 0) == 1, cnt
+
+
+def test_oversized_post_without_held_get_is_answered(procs):
+    """An oversized forwarded POST while no long-poll GET is held: engine.io
+    closes the session and waits for a GET to collect its CLOSE packet; a GET
+    arriving after the close is answered 400 and must release that wait, so
+    the POST gets its 400 at once instead of at the mesh timeout (50 s)."""
+    cluster = start_cluster(procs, n=2)
+    n1, n2 = cluster.nodes
+    sid = handshake(n1)
+    q = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    assert raw(n2, "POST", q, b"40")[0] == 200
+    assert raw(n2, "GET", q)[0] == 200  # the CONNECT answer; no GET held now
+    served = n1.metrics().get("sf_served", 0)
+    result: dict[str, Any] = {}
+
+    def post_big() -> None:
+        t0 = time.monotonic()
+        result["r"] = raw(n2, "POST", q, b"4" + b"x" * 1_100_000)
+        result["took"] = time.monotonic() - t0
+
+    poster = threading.Thread(target=post_big)
+    poster.start()
+    # the POST reached the owner (which now waits for a GET)
+    wait_until(lambda: n1.metrics().get("sf_served", 0) > served, 10, interval=0.02)
+    status, body = raw(n2, "GET", q)  # after the close: engine.io's 400
+    assert status == 400, body
+    poster.join(10)
+    assert not poster.is_alive() and "r" in result, f"the oversized POST got no answer: {result}"
+    assert result["r"][0] == 400, result
+    assert n1.metrics().get("sf_closed_queue_drained", 0) == 1
+
+
+def test_polling_disconnects_through_round_robin_are_prompt(procs, haproxy_factory):
+    """A python-socketio polling client's disconnect waits for its held
+    long-poll GET; through a round-robin balancer that GET is usually held by
+    the owner on behalf of another node when the closing POST arrives.  The
+    owner must answer it when the session closes (python-engineio's asyncio
+    server does not), or the client waits for its 30 s read timeout."""
+    cluster = start_cluster(procs, n=2)
+    lb = haproxy_factory([("127.0.0.1", n.port) for n in cluster.nodes])
+    wait_balanced(lb, cluster)
+    took = []
+    for i in range(8):
+        c = socketio.Client(reconnection=False)
+        c.connect(lb.url, transports=["polling"], wait_timeout=10)
+        assert c.call("echo", i, timeout=10) == i
+        t0 = time.monotonic()
+        disconnect_waiting(c)
+        assert not c.connected and c.eio.state == "disconnected"
+        took.append(round(time.monotonic() - t0, 2))
+        assert took[-1] < 5, took  # pingInterval is 25 s, the client's timeout 30 s
+    cnt = counters(cluster)
+    assert cnt.get("sf_polls_released", 0) >= 1, (cnt, took)
+    assert cnt.get("sf_timeout", 0) == 0, cnt
 
 
 def test_forwarded_post_binary_and_long_poll(procs):

@@ -178,3 +178,103 @@ def test_peek_query() -> None:
     assert peek_query((Tornado(),)) == "sid=t.u"
     assert peek_query(()) is None
     assert peek_query((object(),)) is None
+
+
+# -- sticky-free owner side: closed sessions (meshadapter.sessions) ------------------
+class _FakeSocket:
+    def __init__(self) -> None:
+        import asyncio
+
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.closed = False
+
+
+def _sticky(sockets: dict[str, object]) -> object:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from meshadapter.sessions import AsyncStickyFree
+
+    sf = AsyncStickyFree.__new__(AsyncStickyFree)
+    sf.counters = Counter()
+    sf.polls = {}
+    sf.eio = SimpleNamespace(sockets=sockets)
+    return sf
+
+
+def test_peek_method() -> None:
+    from types import SimpleNamespace
+
+    from meshadapter.sessions import peek_method
+
+    assert peek_method(({"type": "http", "method": "GET"},)) == "GET"
+    assert peek_method(({"type": "websocket"},)) is None
+    assert peek_method((SimpleNamespace(method="POST"),)) == "POST"
+    assert peek_method((SimpleNamespace(request=SimpleNamespace(method="GET")),)) == "GET"
+    assert peek_method(()) is None
+
+
+def test_held_poll_is_released_when_the_client_closes_its_session() -> None:
+    """python-engineio's AsyncSocket.close(abort=True) does not wake a held
+    GET; the owner does, once the request that closed the session is done."""
+    import asyncio
+
+    async def scenario() -> None:
+        sock = _FakeSocket()
+        sf = _sticky({"t.s": sock})
+        qs = "EIO=4&transport=polling&sid=t.s"
+
+        async def held_get() -> object:
+            return await sock.queue.get()
+
+        async def closing_post() -> None:
+            sock.closed = True  # engine.io: CLOSE packet -> close(abort=True)
+
+        get = asyncio.ensure_future(sf._run_owned("t.s", "GET", qs, held_get))
+        await asyncio.sleep(0)
+        assert sf.polls == {"t.s": 1}
+        await sf._run_owned("t.s", "POST", qs, closing_post)
+        assert await asyncio.wait_for(get, 1) is None  # engine.io answers [] for None
+        assert sf.polls == {} and sf.counters["sf_polls_released"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_no_release_without_held_poll_and_drain_for_late_get() -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        sock = _FakeSocket()
+        sf = _sticky({"t.s": sock})
+        qs = "EIO=4&transport=polling&sid=t.s"
+
+        async def nothing() -> None:
+            return None
+
+        sock.closed = True
+        await sf._run_owned("t.s", "POST", qs, nothing)
+        assert sock.queue.empty() and sf.counters["sf_polls_released"] == 0
+        # close(wait=True) queued CLOSE and waits for a GET to collect it;
+        # a GET after the close (engine.io answers it 400) releases that wait
+        sock.queue.put_nowait("CLOSE")
+        joined = asyncio.ensure_future(sock.queue.join())
+        await sf._run_owned("t.s", "GET", qs, nothing)
+        await asyncio.wait_for(joined, 1)
+        assert sf.counters["sf_closed_queue_drained"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_check_routing_missing() -> None:
+    from types import SimpleNamespace
+
+    from meshadapter.check import routing_missing
+
+    membership = SimpleNamespace(
+        nodes_for=lambda nsp, rooms: {"b"} if rooms == ["r"] else set(),
+        node_for_tag=lambda tag: {"bbbbbb": "b", "cccccc": "c"}.get(tag))
+    sio = SimpleNamespace(manager=SimpleNamespace(
+        node=SimpleNamespace(tag="aaaaaa", membership=membership)))
+    sids = ["aaaaaa.x", "bbbbbb.y", "cccccc.z", "zzzzzz.w", "untagged"]
+    assert routing_missing(sio, "/n", "r", sids) == ["cccccc.z", "zzzzzz.w"]
+    assert routing_missing(SimpleNamespace(manager=object()), "/n", "r", sids) == []
