@@ -217,13 +217,27 @@ class Membership:
         self._kill(p)
         return [Event("dead", src, p.endpoint)]
 
-    def sweep(self, now: float) -> list[Event]:
-        """Declare peers silent for longer than the timeout dead."""
+    def sweep(self, now: float, join_retry: float | None = None) -> list[Event]:
+        """Declare peers silent for longer than the timeout dead, and ask
+        again for the room state of peers still joining.
+
+        A joining peer is not routed to until its snapshot arrives; the first
+        SYNC_REQ is easily lost while the new link's subscription is still in
+        flight (ZeroMQ's slow joiner), so it is repeated every ``join_retry``
+        seconds rather than at the next heartbeat.
+        """
         events = []
         for p in self.peers.values():
             if p.status is not PeerStatus.DEAD and now - p.last_seen > self.heartbeat_timeout:
                 self._kill(p)
                 events.append(Event("dead", p.node_id, p.endpoint))
+            elif (
+                join_retry is not None
+                and p.status is PeerStatus.JOINING
+                and now - p.last_sync_request >= join_retry
+            ):
+                p.last_sync_request = now
+                events.append(Event("need_sync", p.node_id))
         return events
 
     def forget(self, node_id: str) -> None:

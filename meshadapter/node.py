@@ -325,7 +325,7 @@ class MeshNode:
             if now >= next_beat:
                 self._heartbeat_now()
                 next_beat = now + interval
-            self._handle_events(self.membership.sweep(now))
+            self._handle_events(self.membership.sweep(now, join_retry=tick))
             self._complete(self.requests.expire(now))
             self._forget_old(now)
             self.metrics.gauges["peers"] = len(self.membership.alive_ids())

@@ -132,3 +132,13 @@ def test_rate_limited_log_passes_exc_info_and_suppresses(caplog):  # type: ignor
             log.log(logging.ERROR, "k", "second")
     assert [r.getMessage() for r in caplog.records] == ["first 1"]
     assert caplog.records[0].exc_info is not None
+
+
+def test_a_joining_peer_is_asked_again_quickly_until_its_snapshot_arrives():
+    m = Membership("a", heartbeat_timeout=3, sync_retry=1)
+    m.on_heartbeat("b", "i1", hb(rv=1), now=0.0)  # first SYNC_REQ (may be lost)
+    assert m.sweep(now=0.1, join_retry=0.25) == []
+    assert [e.kind for e in m.sweep(now=0.3, join_retry=0.25)] == ["need_sync"]
+    assert m.sweep(now=0.4, join_retry=0.25) == []
+    m.on_rooms("b", "i1", snapshot(1, {}), now=0.5)
+    assert m.sweep(now=2.0, join_retry=0.25) == []  # alive: no more requests
