@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterable
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from .codec import MsgType
 from .config import MeshConfig
 from .membership import Room, tag_of, tagged_id
 from .node import MeshNode
@@ -239,4 +238,4 @@ def iter_skip(
     return ((sid, eio) for sid, eio in participants if sid not in s)
 
 
-__all__ = ["MeshManagerBase", "LOCAL", "MsgType"]
+__all__ = ["LOCAL", "MeshManagerBase", "iter_skip"]

@@ -142,6 +142,10 @@ class Membership:
             out |= self._index.get((namespace, room), set())
         return out
 
+    def nodes_in_namespace(self, namespace: str) -> set[str]:
+        """Alive peers that announced any room of ``namespace``."""
+        return {p.node_id for p in self.alive() if p.rooms.get(namespace)}
+
     def all_rooms(self, namespace: str) -> set[Room]:
         rooms: set[Room] = set()
         for p in self.alive():

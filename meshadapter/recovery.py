@@ -369,13 +369,8 @@ class RecoveryMixin:
             return set()
         m = self.node.membership
         if rooms is None:
-            return {
-                n
-                for (ns, _r), nodes in m._index.items()
-                if ns == backup_ns(namespace)
-                for n in nodes
-            }
-        return set(m.nodes_for(backup_ns(namespace), rooms))
+            return m.nodes_in_namespace(backup_ns(namespace))
+        return m.nodes_for(backup_ns(namespace), rooms)
 
     # -- session lifecycle on the owner --------------------------------------------
     def _csr_new_buffer(self) -> Buffer:
