@@ -39,13 +39,13 @@ from urllib.parse import parse_qs
 
 import msgpack
 
+from .base import LOCAL
 from .codec import Message, MsgType
 from .membership import tag_of
 from .node import MeshTimeoutError
 
 logger = logging.getLogger("meshadapter")
 
-LOCAL = "\x00local"  # same marker as base.LOCAL (kept here to avoid an import cycle)
 
 OP_FETCH = "cl.fetch"
 OP_JOIN = "cl.join"
