@@ -264,11 +264,11 @@ class NodeResponses(dict):  # type: ignore[type-arg]
 
     def __init__(
         self,
-        responses: Mapping[str, Any] = (),
-        failed: Iterable[str] = (),  # type: ignore[assignment]
+        responses: Mapping[str, Any] | None = None,
+        failed: Iterable[str] = (),
         errors: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(responses)
+        super().__init__(responses or {})
         self.failed: set[str] = set(failed)
         self.errors: dict[str, str] = dict(errors or {})
 

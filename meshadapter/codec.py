@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import msgpack
 
@@ -207,7 +207,7 @@ def encode(mtype: MsgType, src: str, inc: str, seq: int, body: Mapping[str, Any]
     """Encode one message. ``body`` must hold only msgpack-able values."""
     frame = {"v": PROTOCOL_VERSION, "t": int(mtype), "src": src, "inc": inc, "seq": seq}
     frame.update(body)
-    return msgpack.packb(frame, use_bin_type=True)
+    return cast(bytes, msgpack.packb(frame, use_bin_type=True))
 
 
 def decode(payload: bytes, max_bytes: int) -> Message:
@@ -228,7 +228,7 @@ def decode(payload: bytes, max_bytes: int) -> Message:
     if mtype is None:
         raise DecodeError("unknown_type", repr(t)[:32])
     src, inc, seq = obj.get("src"), obj.get("inc"), obj.get("seq")
-    if not (_id(src) and src and _id(inc) and _int(seq) and seq >= 0):
+    if not (_id(src) and src and _id(inc) and _int(seq) and cast(int, seq) >= 0):
         raise DecodeError("bad_envelope", "src/inc/seq")
     required, known, checks = _COMPILED[mtype]
     if not known.issuperset(obj):
@@ -243,4 +243,5 @@ def decode(payload: bytes, max_bytes: int) -> Message:
             raise DecodeError("bad_field", f"{mtype.name}.{key} invalid")
     for key in _ENVELOPE:
         del obj[key]
-    return Message(mtype, src, inc, seq, obj)
+    # Validated above: src and inc are str, seq an int.
+    return Message(mtype, cast(str, src), cast(str, inc), cast(int, seq), obj)

@@ -46,7 +46,9 @@ def main() -> None:
     try:
         import uvicorn
     except ImportError:
-        raise SystemExit("meshadapter demo needs uvicorn: pip install 'meshadapter[check]'")
+        raise SystemExit(
+            "meshadapter demo needs uvicorn: pip install 'meshadapter[check]'"
+        ) from None
     uvicorn.run(make_app(), host=args.host, port=args.port, log_level="warning",
                 lifespan="on", timeout_graceful_shutdown=1)
 

@@ -133,9 +133,10 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
         room = to if to is not None else room
         namespace = namespace or "/"
         if kwargs.get("ignore_queue"):
-            return await AsyncManager.emit(
+            await AsyncManager.emit(
                 self, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
             )
+            return
         await self._ready()
         if event == "all_sockets":  # Admin UI: list every node's sockets (cluster.py)
             data = await self._cl_admin_all_sockets(data, namespace, self._cl_timeout(None))
@@ -167,9 +168,8 @@ class AsyncMeshManager(RecoveryMixin, AsyncClusterMixin, MeshManagerBase, AsyncM
         if owner == LOCAL or owner is None:
             if self.server is None:
                 raise RuntimeError("Callbacks can only be issued from the context of a server.")
-            return await AsyncManager.emit(
-                self, event, data, namespace, room=room, callback=callback
-            )
+            await AsyncManager.emit(self, event, data, namespace, room=room, callback=callback)
+            return
         cb_id = self._store_callback(callback, owner)
         parts = self._encode(event, data, namespace)
         self.node.send(

@@ -202,6 +202,7 @@ class MeshCollector:
 
         snap = self._snapshot()
         node = str(snap.get("node_id") or self._node_id or "")
+        fam: Any  # one of three prometheus family types, by key
         for key, value in sorted(snap.items()):
             name = f"meshadapter_{key}"
             if key == "decode_errors_total":
@@ -243,7 +244,7 @@ def start_prometheus_server(node: Any, host: str, port: int) -> Any:
         ) from None
 
     def snap() -> dict[str, Any]:
-        s = node.metrics.snapshot()
+        s: dict[str, Any] = node.metrics.snapshot()
         s["node_id"] = node.node_id
         try:  # fresher than the housekeeping tick (read-only, GIL-atomic)
             s["peers"] = sum(1 for p in list(node.membership.peers.values()) if p.alive)
@@ -252,6 +253,6 @@ def start_prometheus_server(node: Any, host: str, port: int) -> Any:
         return s
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MeshCollector(snap, node.node_id))  # type: ignore[arg-type]
+    registry.register(MeshCollector(snap, node.node_id))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

@@ -127,9 +127,11 @@ class MeshNode:
             from .metrics import start_prometheus_server
 
             self._metrics_server = start_prometheus_server(self, cfg.metrics_host, cfg.metrics_port)
+        sockets = self.sockets
+        assert sockets is not None
         self._tasks = [
-            self.loop.create_task(self.sockets.run(self._on_frame, self._on_bad_parts)),
-            self.loop.create_task(self.sockets.run_events()),
+            self.loop.create_task(sockets.run(self._on_frame, self._on_bad_parts)),
+            self.loop.create_task(sockets.run_events()),
             self.loop.create_task(self._heartbeat_loop()),
         ]
         if not cfg.sidecar:

@@ -31,9 +31,10 @@ import collections
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from .codec import MsgType
+from .membership import Membership
 
 #: Namespace prefix under which holders announce the rooms they back up.
 BACKUP_PREFIX = "\x00csr:"
@@ -367,7 +368,7 @@ class RecoveryMixin:
         """Nodes holding shadows of sessions an emit would reach."""
         if not self.csr_enabled:
             return set()
-        m = self.node.membership
+        m: Membership = self.node.membership
         if rooms is None:
             return m.nodes_in_namespace(backup_ns(namespace))
         return m.nodes_for(backup_ns(namespace), rooms)
@@ -705,4 +706,4 @@ class RecoveryMixin:
         self.node.metrics.counters["csr_recovered"] += 1
         self.node.metrics.gauges["csr_last_missed"] = len(best["missed"])
         best["missed"] = [(o, p) for o, p in best["missed"]]
-        return best
+        return cast(dict[str, Any], best)

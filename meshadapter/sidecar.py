@@ -229,10 +229,10 @@ class Sidecar:
             self.global_out,
             self.ctl,
         )
-        t_in, t_out, t_ctl = self._attach if self._attach else (None, None, None)
-        ins = {li, t_in} - {None}
-        outs = [x for x in (lo, t_out) if x is not None]
-        ctls = {ctl, t_ctl} - {None}
+        # The loopback-TCP attachment sockets (if any) act as more of the same.
+        ins: list[zmq.Socket[bytes]] = [li, *self._attach[0:1]]
+        outs: list[zmq.Socket[bytes]] = [lo, *self._attach[1:2]]
+        ctls: list[zmq.Socket[bytes]] = [ctl, *self._attach[2:3]]
         poller = zmq.Poller()
         for s in (li, lo, gi, go, ctl, cmd, *self._attach):
             poller.register(s, zmq.POLLIN)

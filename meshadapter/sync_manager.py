@@ -112,18 +112,20 @@ class MeshManager(ClusterMixin, MeshManagerBase, Manager):  # type: ignore[misc]
         room = to if to is not None else room
         namespace = namespace or "/"
         if kwargs.get("ignore_queue"):
-            return Manager.emit(
+            Manager.emit(
                 self, event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
             )
+            return
         self.start()
         if event == "all_sockets":  # Admin UI: list every node's sockets (cluster.py)
             data = self._cl_admin_all_sockets_sync(data, namespace)
         if callback is not None:
             if room is None or isinstance(room, (list, tuple, set)):
                 raise ValueError("Cannot use callback without a room set to a single client sid.")
-            owner = self._owner(room)
+            owner = self._owner(room, namespace)
             if owner == LOCAL or owner is None:
-                return Manager.emit(self, event, data, namespace, room=room, callback=callback)
+                Manager.emit(self, event, data, namespace, room=room, callback=callback)
+                return
             parts = self._encode(event, data, namespace)
             cb_id = self._store_callback(callback, owner)
             body = self._broadcast_body(namespace, room, [], parts, cb_id)
