@@ -59,4 +59,5 @@ async def main(name: str, expect: int, timeout: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 20)))
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 20.0
+    sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]), timeout)))

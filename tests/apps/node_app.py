@@ -181,34 +181,31 @@ def _session_info(sid: str) -> dict[str, Any]:
     return info
 
 
+async def _send_json(send: Any, obj: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(obj, default=str).encode()})
+
+
 async def asgi_other(scope: dict[str, Any], receive: Any, send: Any) -> None:
     from urllib.parse import parse_qs
 
+    path = scope.get("path") if scope["type"] == "http" else None
     q = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
-    if scope["type"] == "http" and scope["path"] == "/_test/stream":
+    if path == "/_test/stream":
         task = asyncio.get_running_loop().create_task(_stream(
             q["room"], int(q.get("count", "100")), float(q.get("interval", "0.01")),
             int(q.get("start", "0"))))
         _streams.add(task)
         task.add_done_callback(_streams.discard)
-        body = b'{"ok": true}'
-    elif scope["type"] == "http" and scope["path"] == "/_test/session":
-        body = json.dumps(_session_info(q["sid"]), default=str).encode()
+        await _send_json(send, {"ok": True})
+    elif path == "/_test/session":
+        await _send_json(send, _session_info(q["sid"]))
+    elif path == "/_test/state":
+        await _send_json(send, _state())
     else:
-        body = b""
-    if body:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
-        return
-    if scope["type"] == "http" and scope["path"] == "/_test/state":
-        body = json.dumps(_state(), default=str).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
-        return
-    await send({"type": "http.response.start", "status": 404, "headers": []})
-    await send({"type": "http.response.body", "body": b"not found"})
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"not found"})
 
 
 def make_asgi() -> Any:

@@ -20,10 +20,13 @@ import socketio
 import meshadapter
 
 NODE = os.environ.get("MESHADAPTER_NODE_ID", "node")
-logging.basicConfig(level="INFO", format=f"%(asctime)s {NODE} %(name)s %(levelname)s %(message)s")
+logging.basicConfig(
+    level=os.environ.get("TEST_LOG_LEVEL", "INFO"),
+    format=f"%(asctime)s {NODE} %(name)s %(levelname)s %(message)s",
+)
 
 mgr = meshadapter.MeshManager()
-sio = socketio.Server(async_mode="threading", client_manager=mgr)
+sio = socketio.Server(async_mode="threading", client_manager=mgr, cors_allowed_origins="*")
 
 
 @sio.event
@@ -38,9 +41,14 @@ def echo(sid: str, data: Any) -> Any:
 
 
 @sio.event
+def whoami(sid: str) -> dict[str, str]:
+    return {"sid": sid, "node": mgr.node_id}
+
+
+@sio.event
 def emit(sid: str, req: dict[str, Any]) -> str:
     sio.emit(req["event"], req.get("data"), to=req.get("to"), room=req.get("room"),
-             skip_sid=req.get("skip_sid"))
+             skip_sid=req.get("skip_sid"), namespace=req.get("namespace", "/"))
     return "ok"
 
 
@@ -70,6 +78,8 @@ def state() -> dict[str, Any]:
              for nsp, rooms in mgr.rooms.items()}
     return {
         "node": mgr.node_id,
+        "tag": mgr.node.tag,
+        "clients": mgr._client_count(),
         "metrics": mgr.metrics(),
         "nodes": mgr.nodes(),
         "rooms": local,

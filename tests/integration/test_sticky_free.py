@@ -470,7 +470,7 @@ def test_owner_kill_clients_reconnect_elsewhere(procs, haproxy_factory, sf_clien
 
 # ----------------------------------------------------------------- threading
 def test_sync_manager_polling(procs, haproxy_factory, sf_clients):
-    cluster = start_cluster(procs, apps=["tests.apps.sync_node_app"] * 3)
+    cluster = start_cluster(procs, apps=["tests.apps.sync_app"] * 3)
     lb = haproxy_factory([("127.0.0.1", n.port) for n in cluster.nodes])
     wait_balanced(lb, cluster)
     connect_spread(sf_clients, lb, 4, ["polling"])
