@@ -114,6 +114,16 @@ class StickyFreeBase:
             return None
         return self.node.membership.node_for_tag(tag)
 
+    def _forwarded_environ(self, msg: Message) -> dict[str, Any]:
+        """The WSGI-style environ of a request forwarded to us (owner side);
+        a malformed one is counted and raised as :class:`ForwardError`."""
+        try:
+            return httpfwd.environ_from_request(msg["args"],
+                                                max_body=self.eio.max_http_buffer_size)
+        except ForwardError as exc:
+            self.counters["sf_bad_request_" + exc.reason] += 1
+            raise
+
     # -- closed sessions (owner side) ----------------------------------------------
     # python-engineio's asyncio socket does not wake a held long-poll GET when
     # the *client* closes the session (a CLOSE packet in a POST closes it with
@@ -509,12 +519,7 @@ class AsyncStickyFree(StickyFreeBase):
 
     # -- mesh handlers (owner side) ------------------------------------------------
     async def _serve_http(self, msg: Message) -> dict[str, Any]:
-        try:
-            environ = httpfwd.environ_from_request(msg["args"],
-                                                   max_body=self.eio.max_http_buffer_size)
-        except ForwardError as exc:
-            self.counters["sf_bad_request_" + exc.reason] += 1
-            raise
+        environ = self._forwarded_environ(msg)
         environ["wsgi.input"] = httpfwd.AsyncBody(environ.pop("meshadapter.body"))
         fwd = _Forwarded(environ)
         environ[httpfwd.FORWARDED_KEY] = fwd
@@ -696,12 +701,7 @@ class SyncStickyFree(StickyFreeBase):
         return self.result_of(owner, pending)
 
     async def _serve_http(self, msg: Message) -> dict[str, Any]:
-        try:
-            environ = httpfwd.environ_from_request(msg["args"],
-                                                   max_body=self.eio.max_http_buffer_size)
-        except ForwardError as exc:
-            self.counters["sf_bad_request_" + exc.reason] += 1
-            raise
+        environ = self._forwarded_environ(msg)
         environ["wsgi.input"] = httpfwd.SyncBody(environ.pop("meshadapter.body"))
         environ["wsgi.errors"] = None
         self.counters["sf_served"] += 1
