@@ -32,6 +32,8 @@ import urllib.request
 import uuid
 from typing import Any
 
+from meshadapter.check import stop_processes
+
 NS = "/meshadapter-check"
 
 
@@ -85,20 +87,8 @@ def start_nodes(n: int, *, env: dict[str, str] | None = None, cwd: str | None = 
         except OSError:
             pass
         time.sleep(0.05)
-    stop_nodes(procs)
+    stop_processes(procs)
     raise RuntimeError(f"forwarding bench: nodes did not start / mesh did not form in {timeout} s")
-
-
-def stop_nodes(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
 
 
 def _stats(v: list[float]) -> dict[str, float]:
@@ -190,7 +180,7 @@ async def run_forwarding(log_dir: Any, cwd: str, env: dict[str, str], *, count: 
         try:
             return measure(ports, count, duration)
         finally:
-            stop_nodes(procs)
+            stop_processes(procs)
 
     return await asyncio.to_thread(run)
 
@@ -204,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = measure(ports, max(10, args.requests))
     finally:
-        stop_nodes(procs)
+        stop_processes(procs)
     print(f"sticky-free forwarding latency on loopback, {res['count']} requests each (ms)")
     print(f"{'':22} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8}")
     for kind in ("post", "get", "probe"):

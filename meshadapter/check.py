@@ -489,6 +489,19 @@ def _exchange(report: CheckReport, lock: threading.Lock, probes: list[_Probe], n
 
 
 # ------------------------------------------------------------------ demo
+def stop_processes(procs: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    """SIGTERM every process, then wait for each (SIGKILL after ``grace`` s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(grace)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -586,15 +599,7 @@ def run_demo(nodes: int = 3, clients: int = 6, duration: float = 5.0, transport:
     finally:
         if proxy is not None:
             proxy.stop()
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_processes(procs)
         tmp.cleanup()
 
 
